@@ -1,0 +1,181 @@
+"""``cpsc-dfkd``: the command line. Every sub-command builds a config and calls the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import UserError
+
+CONFIG_HELP = ("--set section.key=value overrides any config field (repeatable), e.g. --set distill.iterations=100 "
+               "--set loss.scl=0.5 --set device=cpu. Sections: data, teacher, student, generator, loss, distill.")
+
+
+def _add_config_options(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
+    parser.add_argument("--preset", default=default_preset,
+                        help=f"a preset name or a path to a YAML file (default: {default_preset})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config field; repeatable")
+    parser.add_argument("--data-root", help="folder that holds the data set (searched before $CPSC_DFKD_DATA, "
+                                            "./data and /usr/share/datasets)")
+    parser.add_argument("--teacher", help="an existing teacher checkpoint (default: train the preset's teacher "
+                                          "or reuse the cached one)")
+
+
+def _resolve(args: argparse.Namespace, extra_overrides: list[str] | None = None):
+    from .config import resolve
+
+    overrides = list(extra_overrides or []) + list(args.overrides)
+    extra: dict[str, Any] = {}
+    if getattr(args, "data_root", None):
+        extra.setdefault("data", {})["root"] = args.data_root
+    if getattr(args, "teacher", None):
+        extra.setdefault("teacher", {})["checkpoint"] = args.teacher
+    return resolve(args.preset, overrides, extra)
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from .teacher import teacher_cache_path, train_teacher
+
+    config = _resolve(args)
+    if args.out:
+        out = Path(args.out)
+        out = out if out.suffix == ".pt" else out / "teacher.pt"
+        if out.exists() and not args.force:
+            raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    else:
+        out = teacher_cache_path(config)
+    state = train_teacher(config, out)
+    print(f"teacher {state['arch']} on {state['dataset']}: test accuracy {state['test_acc']:.2f}% "
+          f"({state['train_seconds']:.0f}s) -> {out}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .experiment import config_for_resume, run_distillation
+
+    if args.resume:
+        config = config_for_resume(args.resume, args.overrides)
+        summary = run_distillation(config, args.resume, resume=True, progress=not args.quiet)
+    else:
+        config = _resolve(args)
+        summary = run_distillation(config, args.out, progress=not args.quiet)
+    _print_summary_table([summary])
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import resolve
+    from .data import load_split
+    from .runtime import select_device
+    from .teacher import evaluate, load_classifier
+
+    model, meta = load_classifier(args.checkpoint, args.arch, args.dataset)
+    dataset = args.dataset or meta["dataset"]
+    config = resolve(None, [f"data.name={dataset}"] + args.overrides,
+                     {"data": {"root": args.data_root}} if args.data_root else None)
+    device = select_device(config.device)
+    test_set = load_split(dataset, "test", config.data.root, config.data.download)
+    acc = evaluate(model.to(device), test_set, device, config.data.eval_batch_size)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "arch": meta["arch"], "dataset": dataset,
+                      "test_acc": round(acc, 2), "num_test_images": len(test_set)}))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .experiment import run_distillation
+
+    config = _resolve(args)
+    start = time.time()
+    summary = run_distillation(config, args.out, progress=not args.quiet)
+    summary["total_wall_s"] = round(time.time() - start, 1)
+    _print_summary_table([summary])
+    print(f"\nrun directory: {summary['run_dir']} (per-class samples in {summary['run_dir']}/samples/latest.png)")
+    return 0
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _print_summary_table(summaries: list[dict[str, Any]]) -> None:
+    header = ["method", "dataset", "teacher", "student", "teacher acc %", "student acc %", "best %", "wall s",
+              "img/s", "device"]
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for s in summaries:
+        row = [s["method"], s["dataset"], s["teacher_arch"], s["student_arch"], _fmt(s["teacher_acc"]),
+               _fmt(s["student_acc"]), _fmt(s["best_student_acc"]), _fmt(s.get("total_wall_s", s["wall_s"]), 1),
+               _fmt(s["images_per_s"], 0), f"{s['device']} ({s['precision']})"]
+        print("| " + " | ".join(row) + " |")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cpsc-dfkd",
+        description="Data-free knowledge distillation with CPSC-DFKD and its baselines.",
+        epilog=CONFIG_HELP)
+    parser.add_argument("--version", action="version", version=f"cpsc-dfkd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("teacher", help="train a teacher on real data", epilog=CONFIG_HELP,
+                       description="Train the preset's teacher on the real training split; the checkpoint stores "
+                                   "its test accuracy, architecture and data set.")
+    _add_config_options(p, "fashion-mnist")
+    p.add_argument("--out", help="checkpoint file (.pt) or folder (default: the teacher cache, which distill reuses)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("distill", help="distil a student without real training data", epilog=CONFIG_HELP,
+                       description="Distil a student from a teacher using only synthetic images; the real test "
+                                   "split is used for evaluation only.")
+    _add_config_options(p, "fashion-mnist")
+    p.add_argument("--out", help="run directory to create (default: runs/METHOD-DATE-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("eval", help="test accuracy of a checkpoint", epilog=CONFIG_HELP,
+                       description="Report a teacher, student or run checkpoint's accuracy on a data set's test split.")
+    p.add_argument("checkpoint", help="a .pt file: teacher, student.pt, or a run's checkpoints/last.pt")
+    p.add_argument("--dataset", help="data set (default: the one recorded in the checkpoint)")
+    p.add_argument("--arch", help="architecture, for plain state dicts that do not record it")
+    p.add_argument("--data-root", help="folder that holds the data set")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the whole pipeline on bundled digits (no download), in minutes",
+                       epilog=CONFIG_HELP,
+                       description="Train (or reuse) a teacher, distil a student with CPSC-DFKD and print a table. "
+                                   "Default: scikit-learn's bundled digits. --preset fashion-mnist for Fashion-MNIST.")
+    _add_config_options(p, "digits-demo")
+    p.add_argument("--out", help="run directory to create (default: runs/METHOD-DATE-TIME)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; a distillation run can be continued with: cpsc-dfkd distill --resume RUN_DIR",
+              file=sys.stderr)
+        return 130
+    finally:
+        from . import distributed
+
+        distributed.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

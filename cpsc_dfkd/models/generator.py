@@ -1,0 +1,100 @@
+"""Generators that turn noise (and, for CPSC-DFKD, a class label) into synthetic images.
+
+``ConditionalGenerator`` is CPSC-DFKD's class-conditional generator: every normalisation layer
+is a categorical conditional batch norm, i.e. a BatchNorm without affine parameters followed by
+a per-class scale and shift looked up in two embedding tables (the paper's categorical feature
+embedding, CFE). ``UnconditionalGenerator`` is the DAFL/DFAD generator with plain BatchNorm.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm whose scale and shift are chosen by the class label (CFE)."""
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, affine=False)
+        self.scale = nn.Embedding(num_classes, num_features)
+        self.shift = nn.Embedding(num_classes, num_features)
+        nn.init.ones_(self.scale.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gamma = self.scale(y)[:, :, None, None]
+        beta = self.shift(y)[:, :, None, None]
+        return self.bn(x) * gamma + beta
+
+
+class _UnconditionalNorm(nn.Module):
+    """BatchNorm with the conditional norm's call signature, so both generators share one body."""
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return self.bn(x)
+
+
+def _num_upsamplings(image_size: int) -> int:
+    if image_size not in (16, 32, 64):
+        raise UserError(f"generator image_size must be 16, 32 or 64, got {image_size}")
+    return 3 if image_size == 64 else 2
+
+
+class _Generator(nn.Module):
+    """Linear -> norm -> (upsample, conv3x3, norm, LeakyReLU) x k -> conv3x3 -> tanh -> norm."""
+
+    norm_layer: type[nn.Module]
+    conditional: bool
+
+    def __init__(self, nz: int = 256, ngf: int = 64, image_size: int = 32, channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        ups = _num_upsamplings(image_size)
+        self.nz, self.num_classes, self.image_size, self.channels = nz, num_classes, image_size, channels
+        self.init_size = image_size // 2**ups
+        self.project = nn.Linear(nz, 2 * ngf * self.init_size**2)
+        self.norm0 = self.norm_layer(2 * ngf, num_classes)
+        # The first up-sampling keeps 2*ngf channels; the last one drops to ngf (method.md layout).
+        widths = [2 * ngf] * ups + [ngf]
+        self.convs = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1) for i in range(ups))
+        self.norms = nn.ModuleList(self.norm_layer(widths[i + 1], num_classes) for i in range(ups))
+        self.to_image = nn.Conv2d(ngf, channels, 3, padding=1)
+        self.norm_out = self.norm_layer(channels, num_classes)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.conditional and y is None:
+            raise ValueError("the conditional generator needs class labels y")
+        x = self.project(z).view(z.shape[0], -1, self.init_size, self.init_size)
+        x = self.norm0(x, y)
+        for conv, norm in zip(self.convs, self.norms):
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = F.leaky_relu(norm(conv(x), y), 0.2)
+        return self.norm_out(torch.tanh(self.to_image(x)), y)
+
+
+class ConditionalGenerator(_Generator):
+    """G(z, y): CPSC-DFKD's class-conditional generator with per-class conditional batch norm."""
+
+    norm_layer = ConditionalBatchNorm2d
+    conditional = True
+
+
+class UnconditionalGenerator(_Generator):
+    """G(z): the DAFL / DFAD generator; same body, plain BatchNorm, no label."""
+
+    norm_layer = _UnconditionalNorm
+    conditional = False
+
+
+def create_generator(
+    conditional: bool, nz: int, ngf: int, image_size: int, channels: int, num_classes: int
+) -> _Generator:
+    cls = ConditionalGenerator if conditional else UnconditionalGenerator
+    return cls(nz=nz, ngf=ngf, image_size=image_size, channels=channels, num_classes=num_classes)

@@ -1,0 +1,67 @@
+"""Observers of a Distiller: the run-directory writer and a terminal progress bar."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .distill import Callback, Distiller
+from .runs import MetricsLog, write_json
+from .viz import save_class_grid
+
+
+class RunWriter(Callback):
+    """Writes ``metrics.jsonl``, ``samples/`` grids and ``summary.json`` of a run directory."""
+
+    def __init__(self, run_dir: Path, extra_summary: dict[str, Any] | None = None):
+        self.run_dir = Path(run_dir)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.extra_summary = extra_summary or {}
+
+    def on_log(self, distiller: Distiller, record: dict[str, float]) -> None:
+        self.metrics.append({"event": "train", **record})
+
+    def on_evaluation(self, distiller: Distiller, record: dict[str, float]) -> None:
+        self.metrics.append({"event": "eval", **record})
+
+    def on_samples(self, distiller: Distiller, images: torch.Tensor, labels: torch.Tensor) -> None:
+        grid_dir = self.run_dir / "samples"
+        num_classes = distiller.info.num_classes
+        save_class_grid(grid_dir / f"iter_{distiller.iteration:06d}.png", images, labels, num_classes)
+        save_class_grid(grid_dir / "latest.png", images, labels, num_classes)
+
+    def on_run_end(self, distiller: Distiller, summary: dict[str, Any]) -> None:
+        write_json(self.run_dir / "summary.json", {**self.extra_summary, **summary})
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over iterations, showing the main losses and the latest accuracy."""
+
+    def __init__(self, disable: bool = False):
+        self.bar: tqdm | None = None
+        self.disable = disable
+        self.shown: dict[str, str] = {}
+
+    def on_run_start(self, distiller: Distiller) -> None:
+        self.bar = tqdm(total=distiller.config.distill.iterations, initial=distiller.iteration,
+                        desc=distiller.config.distill.method, disable=self.disable, dynamic_ncols=True)
+
+    def on_iteration_end(self, distiller: Distiller) -> None:
+        self.bar.update(1)
+
+    def on_log(self, distiller: Distiller, record: dict[str, float]) -> None:
+        for key in ("g_total", "s_total"):
+            if key in record and math.isfinite(record[key]):
+                self.shown[key[0] + "_loss"] = f"{record[key]:.3f}"
+        self.shown["img/s"] = f"{record.get('images_per_s', 0):.0f}"
+        self.bar.set_postfix(self.shown, refresh=False)
+
+    def on_evaluation(self, distiller: Distiller, record: dict[str, float]) -> None:
+        self.shown["acc"] = f"{record['student_acc']:.2f}"
+        self.bar.set_postfix(self.shown)
+
+    def on_run_end(self, distiller: Distiller, summary: dict[str, Any]) -> None:
+        self.bar.close()
