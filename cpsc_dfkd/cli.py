@@ -98,6 +98,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .report import diagnose_run, per_class_table, summary_lines
+
+    snapshot, evaluation, out = diagnose_run(Path(args.run_dir), args.per_class, not args.no_real, args.projection,
+                                             Path(args.out) if args.out else None)
+    print(f"diagnostics of {args.run_dir} at iteration {snapshot.iteration} ({args.per_class} samples per class)")
+    for line in summary_lines(snapshot.report, evaluation):
+        print("  " + line)
+    print()
+    print(per_class_table(snapshot.report, evaluation))
+    print(f"\nHTML report: {out}")
+    return 0
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -156,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to create (default: runs/METHOD-DATE-TIME)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("diagnose", help="per-class mode-collapse diagnostics of a run, with an HTML report",
+                       description="Measure the generator of a run at its last checkpoint: conditional accuracy, "
+                                   "confidence, diversity and collapse flags per class (data-free), plus Frechet "
+                                   "distance and coverage on teacher features (needs the real test split).")
+    p.add_argument("run_dir", help="a run directory written by distill or demo")
+    p.add_argument("--per-class", type=int, default=64, help="synthetic samples per class (default 64)")
+    p.add_argument("--no-real", action="store_true", help="skip the measures that need the real test split")
+    p.add_argument("--projection", choices=["auto", "umap", "pca"], default="auto",
+                   help="2-D map method (auto: UMAP when umap-learn is installed, else PCA)")
+    p.add_argument("--out", help="HTML report path (default: RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_diagnose)
     return parser
 
 

@@ -75,6 +75,7 @@ class LossConfig:
     ikd: float = 5.0  # alpha: MSE between logits, same sign convention as adv
     ikd_log: bool = False  # use log(MSE) in the generator step, as the CIFAR-10 reference does
     bn: float = 1.0  # beta: teacher BatchNorm statistics prior (G step)
+    bn_normalized: bool = False  # measure BN gaps relative to the running statistics (see losses.py)
     scl: float = 0.7  # gamma: pseudo-supervised contrast, SupCon on teacher/student features (G step)
     ce: float = 0.7  # eta: pseudo cross-entropy on the generator's labels (both steps)
     scl_temperature: float = 0.07
@@ -104,6 +105,9 @@ class DistillConfig:
     # "train" reproduces the reference code, whose running statistics absorb generator batches.
     student_bn_in_g_step: Literal["eval", "train"] = "eval"
     train_projection_head: bool = True  # the reference code never trains it
+    # The student learns from the last N generator batches instead of freshly made images (0 = reference:
+    # new images for every student step). See memory.py.
+    memory_batches: int = 0
     log_every: int = 10
     eval_every: int = 50
     sample_every: int = 50
@@ -154,6 +158,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "distill.student_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "distill.student_weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "distill.warmup_iterations": (lambda v: v >= 0, "an integer >= 0"),
+    "distill.memory_batches": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "distill.log_every": (lambda v: v >= 1, "an integer >= 1"),
     "distill.eval_every": (lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
     "distill.sample_every": (lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),

@@ -36,6 +36,7 @@ from . import distributed
 from .config import Config, to_dict
 from .data import dataset_info, denormalise
 from .errors import UserError
+from .memory import SyntheticMemory
 from .losses import (
     ActivationTap,
     BatchNormStatistics,
@@ -142,7 +143,7 @@ class Distiller:
         self.teacher_forward = torch.compile(self.teacher) if config.compile else self.teacher
 
         loss = config.loss
-        self.bn_statistics = BatchNormStatistics(self.teacher) if loss.bn > 0 else None
+        self.bn_statistics = BatchNormStatistics(self.teacher, loss.bn_normalized) if loss.bn > 0 else None
         if self.bn_statistics is not None and self.bn_statistics.num_layers == 0:
             raise UserError(f"loss.bn > 0 needs a teacher with BatchNorm layers, and {config.teacher.arch} has none; "
                             "use a *_bn teacher or --set loss.bn=0")
@@ -156,6 +157,10 @@ class Distiller:
         # Noise comes from its own generator, identical on every rank: each rank takes its slice of the
         # global batch, so N processes see exactly the images one process would.
         self.noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.memory = None
+        if config.distill.memory_batches > 0:
+            shape = (self.info.channels, self.info.image_size, self.info.image_size)
+            self.memory = SyntheticMemory(config.distill.memory_batches, self.local_batch, shape, self.device)
         self.iteration = 0
         self.best_student_acc = -1.0
         self.last_student_acc: float | None = None
@@ -185,13 +190,29 @@ class Distiller:
         return torch.optim.Adam(groups, lr=g.lr, betas=(g.beta1, g.beta2))
 
     # ----------------------------------------------------------------------------------------- sampling
+    def _share(self, global_tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a tensor made for the global batch."""
+        rows = global_tensor[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+        return rows.to(self.device, non_blocking=True)
+
+    def sample_labels(self) -> torch.Tensor:
+        """Balanced labels: row i of every global batch is made for class i % num_classes."""
+        return self._share(torch.arange(self.config.distill.batch_size) % self.info.num_classes)
+
     def sample_noise(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's share of a global batch: noise z ~ N(0, I) and balanced class labels y."""
-        batch = self.config.distill.batch_size
-        z = torch.randn(batch, self.config.generator.nz, generator=self.noise_rng)
-        y = torch.arange(batch) % self.info.num_classes
-        share = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
-        return z[share].to(self.device, non_blocking=True), y[share].to(self.device, non_blocking=True)
+        """This rank's share of a global batch: noise z ~ N(0, I) and its labels y."""
+        z = torch.randn(self.config.distill.batch_size, self.config.generator.nz, generator=self.noise_rng)
+        return self._share(z), self.sample_labels()
+
+    @torch.no_grad()
+    def synthetic_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images for a student step: from the memory of past generator batches if on, else freshly made."""
+        if self.memory is not None and self.memory.filled:
+            slots = torch.randint(0, self.memory.filled, (self.config.distill.batch_size,), generator=self.noise_rng)
+            return self.memory.sample(self._share(slots)), self.sample_labels()
+        z, y = self.sample_noise()
+        with self.precision.autocast():
+            return self.generator(z, y), y
 
     def _pseudo_labels(self, y: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """The conditional generator's own labels; an unconditional one borrows the teacher's argmax."""
@@ -211,6 +232,8 @@ class Distiller:
             self.bn_statistics.active = True
         with self.precision.autocast():
             images = self.generator_train(z, y)
+            if self.memory is not None:
+                self.memory.add(images)
             t_logits, t_features = self.teacher_forward(images, return_features=True)
             s_logits, s_features = self.student_forward(images, return_features=True)
         if self.bn_statistics is not None:
@@ -222,8 +245,8 @@ class Distiller:
         terms: dict[str, torch.Tensor] = {}
         if w.adv:
             terms["g_adv"] = -w.adv * teacher_student_distance(t_logits, s_logits, w.distance, w.kd_temperature)
-        if w.ikd:
-            terms["g_ikd"] = -w.ikd * ikd_loss(s_logits, t_logits, log=w.ikd_log)
+        if w.ikd:  # as in the reference, the generator seeks disagreement through the student's logits only
+            terms["g_ikd"] = -w.ikd * ikd_loss(s_logits, t_logits.detach(), log=w.ikd_log)
         if w.bn:
             terms["g_bn"] = w.bn * self.bn_statistics.loss()
         if w.scl:
@@ -252,10 +275,9 @@ class Distiller:
     def student_step(self) -> dict[str, torch.Tensor]:
         cfg, w = self.config, self.config.loss
         self.student.train()
-        z, y = self.sample_noise()
+        images, y = self.synthetic_batch()
         taps = self.teacher_taps is not None
         with torch.no_grad(), self.precision.autocast():
-            images = self.generator(z, y)
             if taps:
                 self.teacher_taps.active = True
             t_logits = self.teacher_forward(images).float()
@@ -396,32 +418,37 @@ class Distiller:
         return acc
 
     @torch.no_grad()
-    def synthesize_per_class(self, per_class: int = 8, seed_offset: int = DISPLAY_SEED_OFFSET
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``per_class`` images of every class from fixed noise (comparable across iterations), in [0, 1].
+    def synthesize(self, per_class: int = 8, seed_offset: int = DISPLAY_SEED_OFFSET
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``per_class`` x num_classes images from fixed noise (comparable across iterations), normalised as
+        the teacher expects, with the labels they were made for (None for an unconditional generator).
 
-        An unconditional generator has no labels to ask for: its images are grouped by the teacher's
-        prediction instead, and classes it does not produce stay empty (a mode-collapse sign).
+        Training state is untouched: the noise has its own seed and the generator's BN buffers are restored.
         """
         num_classes = self.info.num_classes
         rng = torch.Generator().manual_seed(self.config.seed + seed_offset)
-        # Showing samples must not change training: keep the generator's BN buffers as they were.
         saved_buffers = {name: b.clone() for name, b in self.generator.named_buffers()}
-        factor = 1 if self.generator.conditional else 4
-        n = per_class * num_classes * factor
+        n = per_class * num_classes
         z = torch.randn(n, self.config.generator.nz, generator=rng).to(self.device)
-        y = (torch.arange(n) // (per_class * factor)).to(self.device)
+        y = (torch.arange(n) // per_class).to(self.device)
         with self.precision.autocast():
             images = self.generator(z, y).float()
-            if not self.generator.conditional:
-                y = self.teacher(images).argmax(1)
-        if not self.generator.conditional:
-            keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(num_classes)])
-            images, y = images[keep], y[keep]
         for name, buffer in self.generator.named_buffers():
             buffer.copy_(saved_buffers[name])
+        return images, (y if self.generator.conditional else None)
 
-        return denormalise(images, self.info).cpu(), y.cpu()
+    @torch.no_grad()
+    def synthesize_per_class(self, per_class: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [0, 1] grouped by class, for display. An unconditional generator's images are grouped
+        by the teacher's prediction; classes it does not produce stay empty (a mode-collapse sign)."""
+        factor = 1 if self.generator.conditional else 4
+        images, labels = self.synthesize(per_class * factor)
+        if labels is None:
+            with self.precision.autocast():
+                labels = self.teacher(images).argmax(1)
+            keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(self.info.num_classes)])
+            images, labels = images[keep], labels[keep]
+        return denormalise(images, self.info).cpu(), labels.cpu()
 
     def emit_samples(self) -> None:
         if self.callbacks:
@@ -511,6 +538,7 @@ class Distiller:
             "generator_optimizer": self.generator_optimizer.state_dict(),
             "student_scaler": self.student_scaler.state_dict(), "generator_scaler": self.generator_scaler.state_dict(),
             "noise_rng": self.noise_rng.get_state(), "rng": capture_rng_state(),
+            "memory": self.memory.state_dict() if self.memory is not None else None,
             "best_student_acc": self.best_student_acc, "last_student_acc": self.last_student_acc,
             "lr_scale": self.lr_scale, "images_seen": self.images_seen,
             "elapsed_s": self.elapsed_s(), "config": to_dict(self.config),
@@ -529,6 +557,8 @@ class Distiller:
         self.student_scaler.load_state_dict(state["student_scaler"])
         self.generator_scaler.load_state_dict(state["generator_scaler"])
         self.noise_rng.set_state(state["noise_rng"])
+        if self.memory is not None and state.get("memory") is not None:
+            self.memory.load_state_dict(state["memory"], self.rank)
         restore_rng_state(state["rng"])
         self.iteration = state["iteration"]
         self.best_student_acc = state["best_student_acc"]

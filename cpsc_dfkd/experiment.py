@@ -12,7 +12,7 @@ from .config import Config, dump_yaml, from_dict, parse_override, _apply, _merge
 from .data import load_split
 from .distill import Callback, Distiller
 from .errors import UserError
-from .observers import ProgressBar, RunWriter
+from .observers import DiagnosticsRecorder, ProgressBar, RunWriter
 from .runs import MetricsLog, RunLock, load_checkpoint, new_run_dir, save_checkpoint, atomic_write_text
 from .teacher import evaluate, obtain_teacher
 from .runtime import select_device
@@ -85,6 +85,8 @@ def _run(config: Config, run_dir: Path, resume: bool, callbacks: list[Callback],
             log(f"metrics.jsonl: dropped {dropped} line(s) written after the last checkpoint or cut off by a crash")
         observers = [RunWriter(run_dir, {"teacher_checkpoint": str(teacher_path), "run_dir": str(run_dir)}),
                      ProgressBar(disable=not progress), *callbacks]
+        if config.distill.diagnostics_every:
+            observers.append(DiagnosticsRecorder(run_dir, config.distill.diagnostics_every))
     else:
         observers = []
     distiller = Distiller(config, teacher, test_set, callbacks=observers, checkpoint_dir=run_dir / "checkpoints",
@@ -97,3 +99,16 @@ def _run(config: Config, run_dir: Path, resume: bool, callbacks: list[Callback],
         save_checkpoint(run_dir / "student.pt", distiller.student_checkpoint(summary["student_acc"]))
     summary["run_dir"] = str(run_dir)
     return summary
+
+
+def load_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Distiller:
+    """Rebuild the Distiller of a run directory at its last checkpoint (to inspect or diagnose it)."""
+    run_dir = Path(run_dir)
+    config = config_for_resume(run_dir)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if not checkpoint.exists():
+        raise UserError(f"{run_dir} has no checkpoint yet (checkpoints/last.pt); wait for the first one")
+    teacher, meta, _ = obtain_teacher(config, log=log)
+    distiller = Distiller(config, teacher, teacher_acc=meta.get("test_acc"))
+    distiller.load_state_dict(load_checkpoint(checkpoint))
+    return distiller

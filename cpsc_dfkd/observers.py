@@ -65,3 +65,38 @@ class ProgressBar(Callback):
 
     def on_run_end(self, distiller: Distiller, summary: dict[str, Any]) -> None:
         self.bar.close()
+
+
+class DiagnosticsRecorder(Callback):
+    """Every ``every`` iterations: per-class generator diagnostics into ``metrics.jsonl`` (event
+    "diagnostics") and the teacher/student contrastive embeddings into ``embeddings/iter_N.npz``."""
+
+    def __init__(self, run_dir: Path, every: int, per_class: int = 32):
+        self.run_dir, self.every, self.per_class = Path(run_dir), every, per_class
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+
+    def on_iteration_end(self, distiller: Distiller) -> None:
+        if self.every <= 0 or distiller.iteration % self.every:
+            return
+        import io
+
+        import numpy as np
+
+        from .report import take_snapshot
+        from .runs import atomic_write_bytes
+
+        snapshot = take_snapshot(distiller, self.per_class)
+        report = snapshot.report
+        self.metrics.append({
+            "event": "diagnostics", "iteration": distiller.iteration,
+            "conditional_accuracy": report.conditional_accuracy, "class_balance": report.class_balance,
+            "feature_diversity": report.feature_diversity, "pixel_diversity": report.pixel_diversity,
+            "flagged": report.flagged,
+            "per_class": [{"label": c.label, "conditional_accuracy": c.conditional_accuracy,
+                           "confidence": c.confidence, "entropy": c.entropy,
+                           "feature_diversity": c.feature_diversity, "pixel_diversity": c.pixel_diversity,
+                           "prediction_share": c.prediction_share, "flags": c.flags} for c in report.classes]})
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, teacher=snapshot.teacher_embeddings, student=snapshot.student_embeddings,
+                            labels=snapshot.labels)
+        atomic_write_bytes(self.run_dir / "embeddings" / f"iter_{distiller.iteration:06d}.npz", buffer.getvalue())

@@ -21,9 +21,9 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -74,13 +74,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        global_name = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if global_name is None:
+            raise UserError(f"{path} is not a readable checkpoint (not a PyTorch file, or damaged)") from None
         raise UserError(
-            f"refused to load {path}: it holds Python objects that safe loading does not allow "
-            f"(weights_only=True; {first_line[:200]}). Only plain tensors and numbers are accepted; "
-            "a file that runs code when opened is never loaded."
+            f"refused to load {path}: it asks to import {global_name.group(1)}, which safe loading "
+            "(weights_only=True) does not allow. Only tensors, numbers and plain containers are accepted; "
+            "a file that would run code when opened is never loaded."
         ) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # torch.load fails on garbage in many ways (EOFError, KeyError, RuntimeError, ...)
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt: {str(exc)[:200]})") from None
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a checkpoint: it holds a {type(state).__name__}, not a dict of tensors")
