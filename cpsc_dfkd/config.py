@@ -69,7 +69,7 @@ class GeneratorConfig:
 class LossConfig:
     """Loss weights. Generator-step terms and student-step terms are listed in method.md."""
 
-    adv: float = 1.0  # G step: maximise the teacher-student distance (seek disagreement)
+    adv: float = 1.0  # G step: weight of the adversarial part, -D(t, s) - ikd * MSE(s, t) (1 = the paper)
     kd: float = 1.0  # S step: minimise the teacher-student distance (the distillation loss itself)
     distance: Literal["kl", "l1"] = "kl"  # KL(t || s) as in the paper, or DFAD's mean absolute error on logits
     ikd: float = 5.0  # alpha: MSE between logits, same sign convention as adv
@@ -99,7 +99,10 @@ class DistillConfig:
     student_lr: float = 0.1
     student_momentum: float = 0.9
     student_weight_decay: float = 5e-4
-    warmup_iterations: int = 0
+    warmup_iterations: int = 0  # linear warm-up of the student's learning rate
+    # The first N iterations train the generator only (no student steps): the student then starts on
+    # images the teacher already recognises instead of on noise.
+    generator_warmup: int = 0
     schedule: Literal["constant", "cosine"] = "cosine"
     # Fixed behaviour: the student's BatchNorm is frozen (eval mode) during the generator step.
     # "train" reproduces the reference code, whose running statistics absorb generator batches.
@@ -158,6 +161,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "distill.student_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "distill.student_weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "distill.warmup_iterations": (lambda v: v >= 0, "an integer >= 0"),
+    "distill.generator_warmup": (lambda v: v >= 0, "an integer >= 0"),
     "distill.memory_batches": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "distill.log_every": (lambda v: v >= 1, "an integer >= 1"),
     "distill.eval_every": (lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),

@@ -4,7 +4,7 @@ Generator step (the generator and, if present, the student->teacher projection h
 
     x = G(z, y)                                      y: the pseudo-label each image is made for
     loss_G = - adv * D(t, s)                         seek samples where student and teacher disagree
-             - ikd * MSE(s, t)                       (IKD)
+             - adv * ikd * MSE(s, t)                 (IKD; adv = 1 is the paper's loss)
              + bn  * sum_l |mu_l - mu_l^run| + |var_l - var_l^run|   teacher BN statistics prior
              + scl * SupCon([head(f_s), f_t], y)     pseudo-supervised contrast
              + ce  * CE(t, y)                        pseudo cross-entropy on the teacher
@@ -245,8 +245,8 @@ class Distiller:
         terms: dict[str, torch.Tensor] = {}
         if w.adv:
             terms["g_adv"] = -w.adv * teacher_student_distance(t_logits, s_logits, w.distance, w.kd_temperature)
-        if w.ikd:  # as in the reference, the generator seeks disagreement through the student's logits only
-            terms["g_ikd"] = -w.ikd * ikd_loss(s_logits, t_logits.detach(), log=w.ikd_log)
+        if w.ikd and w.adv:  # as in the reference, disagreement is sought through the student's logits only
+            terms["g_ikd"] = -w.adv * w.ikd * ikd_loss(s_logits, t_logits.detach(), log=w.ikd_log)
         if w.bn:
             terms["g_bn"] = w.bn * self.bn_statistics.loss()
         if w.scl:
@@ -333,7 +333,8 @@ class Distiller:
         for _ in range(self.config.distill.g_steps):
             for key, value in self.generator_step().items():
                 terms[key] = terms.get(key, 0) + value.detach() / self.config.distill.g_steps
-        for _ in range(self.config.distill.s_steps):
+        student_steps = self.config.distill.s_steps if self.iteration >= self.config.distill.generator_warmup else 0
+        for _ in range(student_steps):
             for key, value in self.student_step().items():
                 terms[key] = terms.get(key, 0) + value.detach() / self.config.distill.s_steps
         self._track_finiteness(terms)
@@ -472,10 +473,14 @@ class Distiller:
 
     def check_finite(self) -> None:
         """Raise NonFiniteLoss naming the term, the iteration and the last good checkpoint (one sync)."""
-        if self._first_bad_iteration is None or int(self._first_bad_iteration) < 0:
+        if self._first_bad_iteration is None:
             return
-        iteration = int(self._first_bad_iteration)
-        names = [k for k, v in self._window.items() if not math.isfinite(float(v))] or ["(unknown)"]
+        # Every rank must take the same branch: a NaN on any rank stops (or rolls back) all of them.
+        first_bad = distributed.all_reduce_max(self._first_bad_iteration.clone())
+        if int(first_bad) < 0:
+            return
+        iteration = int(first_bad)
+        names = [k for k, v in self._window.items() if not math.isfinite(float(v))] or ["(on another process)"]
         last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir else None
         where = (f"The last good checkpoint is {last}; resume from it with a lower learning rate "
                  f"(--resume RUN_DIR --set distill.student_lr=...)") if last and last.exists() else \
@@ -572,10 +577,13 @@ class Distiller:
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/last.pt`` atomically (rank 0 only), after checking every loss was finite."""
         self.check_finite()
-        if self.checkpoint_dir is None or not distributed.is_main():
+        if self.checkpoint_dir is None:
+            return None
+        state = self.state_dict()  # on every rank: the memory is gathered from all of them
+        if not distributed.is_main():
             return None
         path = self.checkpoint_dir / "last.pt"
-        save_checkpoint(path, self.state_dict())
+        save_checkpoint(path, state)
         self._emit("on_checkpoint", path)
         return path
 

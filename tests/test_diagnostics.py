@@ -97,3 +97,23 @@ def test_umap_refresh_starts_from_the_previous_layout():
     second = projector.project(points + rng.normal(scale=0.05, size=points.shape).astype(np.float32))
     drift = np.linalg.norm(second - first, axis=1).mean() / np.linalg.norm(first - first.mean(0), axis=1).mean()
     assert drift < 0.5
+
+
+def test_diagnose_command_prints_a_per_class_table_and_writes_an_html_report(digits_teacher, tmp_path, capsys):
+    from cpsc_dfkd.cli import main
+    from cpsc_dfkd.experiment import run_distillation
+
+    run_distillation(tiny_config("distill.diagnostics_every=2", teacher=digits_teacher), tmp_path / "run",
+                     progress=False, log=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "run" / "embeddings").iterdir()) == ["iter_000002.npz",
+                                                                                    "iter_000004.npz"]
+    from cpsc_dfkd.runs import read_metrics
+
+    records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["event"] == "diagnostics"]
+    assert len(records) == 2 and len(records[0]["per_class"]) == 10
+    code = main(["diagnose", str(tmp_path / "run"), "--per-class", "24", "--projection", "pca"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| class | cond. acc |" in out and "Fréchet distance on teacher features" in out
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "plotly" in html and "data:image/png;base64," in html

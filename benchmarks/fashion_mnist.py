@@ -1,0 +1,154 @@
+"""Fashion-MNIST data-free benchmark: CPSC-DFKD, its baselines and its ablations on one loop, one budget.
+
+Teacher LeNet-5 (BN), student LeNet-5-half (BN), 32x32. Every method gets the same budget: the same
+number of iterations, batch size and student steps, so the student sees the same number of synthetic
+images. CPSC-DFKD and the strongest baseline run with several seeds. Prints a markdown table and
+writes ``results.json``, per-run directories, and a picture of per-class samples of every method.
+
+    python benchmarks/fashion_mnist.py                # the full benchmark (long: see --help)
+    python benchmarks/fashion_mnist.py --quick        # a few iterations, proves the script runs (CI)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from cpsc_dfkd.config import resolve
+from cpsc_dfkd.experiment import run_distillation
+from cpsc_dfkd.methods import RECIPES, list_methods
+from cpsc_dfkd.teacher import obtain_teacher
+
+BASELINES = list_methods("baseline")
+ABLATIONS = list_methods("ablation")
+PUBLISHED = {"ZSKD (ICML 2019), data-free, published": 79.62, "student on real data, published": 89.43}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few iterations and a 1-epoch teacher (CI smoke run)")
+    p.add_argument("--iterations", type=int, help="iterations per run (default: the fashion-mnist preset's)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds for CPSC-DFKD and the strongest baseline")
+    p.add_argument("--methods", nargs="*", help=f"subset of methods (default: all of {', '.join(RECIPES)})")
+    p.add_argument("--out", default="benchmarks/results/fashion-mnist", help="where runs and results go")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides applied to every run")
+    p.add_argument("--data-root", help="folder with Fashion-MNIST (default search order, see README)")
+    return p.parse_args(argv)
+
+
+def run_one(method: str, seed: int, overrides: list[str], out: Path, extra: dict) -> dict:
+    config = resolve("fashion-mnist", overrides + [f"distill.method={method}", f"seed={seed}"], extra)
+    run_dir = out / f"{method}-seed{seed}"
+    if (run_dir / "summary.json").exists():  # finished earlier: reuse (delete the folder to re-run)
+        return json.loads((run_dir / "summary.json").read_text())
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    summary = run_distillation(config, run_dir, progress=False, log=lambda message: None)
+    print(f"  {method} seed {seed}: student {summary['student_acc']:.2f}% in {summary['wall_s']:.0f}s", flush=True)
+    return summary
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(results: dict[str, list[dict]], teacher_acc: float) -> str:
+    lines = ["| method | kind | student acc % | % of teacher | seeds | wall time per run | images/s | iterations/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    order = sorted(results, key=lambda m: -statistics.mean(r["student_acc"] for r in results[m]))
+    for method in order:
+        runs = results[method]
+        accs = [r["student_acc"] for r in runs]
+        wall = statistics.mean(r["wall_s"] for r in runs)
+        lines.append(f"| {method} | {RECIPES[method].kind} | {mean_std(accs)} | "
+                     f"{100 * statistics.mean(accs) / teacher_acc:.1f} | {len(runs)} | {wall / 60:.1f} min | "
+                     f"{statistics.mean(r['images_per_s'] for r in runs):.0f} | "
+                     f"{statistics.mean(r['iterations_per_s'] for r in runs):.2f} |")
+    for name, acc in PUBLISHED.items():
+        lines.append(f"| {name} | reference | {acc:.2f} | {100 * acc / teacher_acc:.1f} | - | - | - | - |")
+    return "\n".join(lines)
+
+
+def samples_picture(results: dict[str, list[dict]], out: Path) -> Path | None:
+    """One panel per method: its first run's final per-class grid (one row per class), titled."""
+    from PIL import Image, ImageDraw
+
+    panels = []
+    for method, runs in results.items():
+        grid = Path(runs[0]["run_dir"]) / "samples" / "latest.png"
+        if grid.exists():
+            panels.append((method, Image.open(grid).convert("RGB")))
+    if not panels:
+        return None
+    width, height = panels[0][1].size
+    columns = min(4, len(panels))
+    rows = (len(panels) + columns - 1) // columns
+    canvas = Image.new("RGB", (columns * (width + 10), rows * (height + 24)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (method, image) in enumerate(panels):
+        x, y = (i % columns) * (width + 10), (i // columns) * (height + 24)
+        draw.text((x + 4, y + 4), method, fill="black")
+        canvas.paste(image.resize((width, height)), (x, y + 20))
+    path = out / "samples.png"
+    canvas.save(path)
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out + ("-quick" if args.quick else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = list(args.overrides)
+    if args.quick:
+        overrides += ["teacher.epochs=1", "distill.iterations=6", "distill.batch_size=64", "distill.eval_every=0",
+                      "distill.sample_every=0", "distill.checkpoint_every=0", "distill.log_every=2",
+                      "distill.generator_warmup=2"]
+    elif args.iterations:
+        overrides.append(f"distill.iterations={args.iterations}")
+    extra = {"data": {"root": args.data_root}} if args.data_root else None
+    methods = args.methods or list(RECIPES)
+    seeds = 1 if args.quick else args.seeds
+
+    base = resolve("fashion-mnist", overrides, extra)
+    teacher, meta, teacher_path = obtain_teacher(base)
+    teacher_acc = meta["test_acc"]
+    print(f"teacher {base.teacher.arch}: {teacher_acc:.2f}% ({teacher_path}); budget: {base.distill.iterations} "
+          f"iterations x {base.distill.s_steps} student steps x batch {base.distill.batch_size} = "
+          f"{base.distill.iterations * base.distill.s_steps * base.distill.batch_size:,} synthetic images per run",
+          flush=True)
+    started = time.time()
+    results: dict[str, list[dict]] = {}
+    for method in methods:
+        results[method] = [run_one(method, 0, overrides, out, extra)]
+    baselines = [m for m in methods if m in BASELINES]
+    strongest = max(baselines, key=lambda m: results[m][0]["student_acc"]) if baselines else None
+    for method in [m for m in ("cpsc-dfkd", strongest) if m in results]:
+        for seed in range(1, seeds):
+            results[method].append(run_one(method, seed, overrides, out, extra))
+
+    text = table(results, teacher_acc)
+    print("\n" + text)
+    picture = samples_picture(results, out)
+    report = {"teacher_acc": teacher_acc, "teacher_checkpoint": str(teacher_path), "strongest_baseline": strongest,
+              "budget": {"iterations": base.distill.iterations, "s_steps": base.distill.s_steps,
+                         "batch_size": base.distill.batch_size},
+              "overrides": overrides, "total_wall_s": round(time.time() - started, 1), "table_markdown": text,
+              "samples_picture": str(picture) if picture else None,
+              "runs": {m: [{k: r[k] for k in ("seed", "student_acc", "best_student_acc", "wall_s", "images_per_s",
+                                                "iterations_per_s", "run_dir")} for r in runs]
+                       for m, runs in results.items()}}
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    print(f"\nresults: {out / 'results.json'}" + (f", samples: {picture}" if picture else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

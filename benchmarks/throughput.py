@@ -1,0 +1,120 @@
+"""Throughput of each part of the loop, and where one iteration's time goes, on whatever device is here.
+
+    python benchmarks/throughput.py                          # fashion-mnist preset, CPU or CUDA
+    python benchmarks/throughput.py --preset cifar10-resnet34-resnet18 --set distill.batch_size=64
+
+Table 1: images/s of a generator step, a student step (fresh images and from the memory), and
+evaluation. Table 2: a torch.profiler breakdown of whole iterations into model forward/backward,
+optimiser steps, and everything else (Python, copies, hooks), with the share of wall time of each.
+The teacher is an untrained network of the preset's architecture: speed does not depend on weights.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from cpsc_dfkd.config import resolve
+from cpsc_dfkd.data import dataset_info
+from cpsc_dfkd.distill import Distiller
+from cpsc_dfkd.models import create_model
+from cpsc_dfkd.teacher import evaluate
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Seconds per call, after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def build(preset: str, overrides: list[str]) -> Distiller:
+    config = resolve(preset, overrides)
+    info = dataset_info(config.data.name)
+    teacher = create_model(config.teacher.arch, info.num_classes, info.channels)
+    return Distiller(config, teacher)
+
+
+def component_table(distiller: Distiller, repeats: int) -> list[tuple[str, float, float]]:
+    d, device = distiller, distiller.device
+    batch = d.config.distill.batch_size
+    rows = [("generator step", timed(d.generator_step, repeats, device), batch)]
+    memory = d.memory
+    d.memory = None
+    rows.append(("student step, fresh images", timed(d.student_step, repeats, device), batch))
+    d.memory = memory
+    if memory is not None:
+        for _ in range(memory.num_batches):
+            d.generator_step()
+        rows.append(("student step, from memory", timed(d.student_step, repeats, device), batch))
+    info = d.info
+    fake_test = torch.utils.data.TensorDataset(torch.randn(4096, info.channels, info.image_size, info.image_size),
+                                               torch.zeros(4096, dtype=torch.long))
+    seconds = timed(lambda: evaluate(d.student, fake_test, device, d.config.data.eval_batch_size,
+                                     d.precision.autocast), max(1, repeats // 5), device)
+    rows.append(("evaluation (student, 4096 images)", seconds, 4096))
+    iteration = timed(d.train_iteration, max(2, repeats // 2), device)
+    rows.append((f"whole iteration ({d.config.distill.g_steps} G + {d.config.distill.s_steps} S steps)", iteration,
+                 batch * d.config.distill.s_steps))
+    return rows
+
+
+def profile_iterations(distiller: Distiller, iterations: int) -> dict[str, float]:
+    """Share of wall time in model forward/backward, optimiser steps and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if distiller.device.type == "cuda" else [])
+    distiller.train_iteration()
+    sync(distiller.device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(iterations):
+            distiller.train_iteration()
+        sync(distiller.device)
+    wall = time.perf_counter() - start
+    events = prof.events()
+    optimiser = sum(e.cpu_time_total for e in events if e.name.startswith("Optimizer.step#")) / 1e6
+    # Top-level ops (without a parent op) are counted once each: the forward ops, and the backward ops the
+    # autograd engine runs. What the profiler does not see is Python and framework overhead.
+    compute = sum(e.cpu_time_total for e in events
+                  if e.cpu_parent is None and not e.name.startswith(("Optimizer.", "ProfilerStep"))) / 1e6
+    return {"wall_s_per_iteration": wall / iterations, "model_forward_backward": compute / wall,
+            "optimiser_steps": optimiser / wall, "other": max(0.0, 1 - (compute + optimiser) / wall)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="fashion-mnist")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args(argv)
+    distiller = build(args.preset, args.overrides)
+    cfg = distiller.config
+    print(f"device {distiller.device} ({distiller.precision.name}), {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; {cfg.teacher.arch} -> {cfg.student.arch}, generator ngf={cfg.generator.ngf}, "
+          f"batch {cfg.distill.batch_size}\n")
+    print("| component | ms per call | images/s |\n|---|---|---|")
+    for name, seconds, images in component_table(distiller, args.repeats):
+        print(f"| {name} | {seconds * 1000:.1f} | {images / seconds:,.0f} |")
+    shares = profile_iterations(distiller, max(3, args.repeats // 4))
+    print(f"\nwhere one iteration's time goes ({shares['wall_s_per_iteration'] * 1000:.0f} ms per iteration, "
+          "torch.profiler):\n\n| part | share of wall time |\n|---|---|")
+    for key in ("model_forward_backward", "optimiser_steps", "other"):
+        print(f"| {key.replace('_', ' ')} | {100 * shares[key]:.1f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Crash safety: a training process killed with SIGKILL at random moments, resumed each time, ends with
+exactly the weights of an uninterrupted run, and leaves a readable run directory throughout."""
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+
+import torch
+
+from cpsc_dfkd.runs import load_checkpoint, read_metrics
+
+from conftest import TINY
+
+SETTINGS = TINY + ["distill.iterations=40", "distill.checkpoint_every=4", "distill.eval_every=20",
+                   "distill.sample_every=20", "distill.log_every=2"]
+
+
+def distill_command(teacher, out):
+    sets = sum([["--set", s] for s in SETTINGS], [])
+    return [sys.executable, "-m", "cpsc_dfkd", "distill", "--preset", "digits-demo", "--teacher", str(teacher),
+            "--out", str(out), "--quiet", *sets]
+
+
+def test_sigkill_at_random_moments_then_resume_reproduces_the_uninterrupted_weights(digits_teacher, tmp_path):
+    reference, run = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(distill_command(digits_teacher, reference), check=True, capture_output=True)
+
+    rng = random.Random(0)
+    kills = attempts = 0
+    while not (run / "student.pt").exists():
+        attempts += 1
+        assert attempts < 20, "the run never finished"
+        if (run / "config.yaml").exists():
+            command = [sys.executable, "-m", "cpsc_dfkd", "distill", "--resume", str(run), "--quiet"]
+        else:
+            command = distill_command(digits_teacher, run)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills < 5:
+            try:
+                process.wait(timeout=rng.uniform(2.0, 6.0))
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                kills += 1
+                if (run / "checkpoints" / "last.pt").exists():
+                    load_checkpoint(run / "checkpoints" / "last.pt")  # the last complete checkpoint reads
+                read_metrics(run / "metrics.jsonl")
+                continue
+        _, err = process.communicate()
+        assert process.returncode == 0, err.decode()[-2000:]
+
+    assert kills >= 3
+    expected = load_checkpoint(reference / "student.pt")["state_dict"]
+    got = load_checkpoint(run / "student.pt")["state_dict"]
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    iterations = [r["iteration"] for r in read_metrics(run / "metrics.jsonl") if r["event"] == "train"]
+    assert iterations == list(range(2, 41, 2))
