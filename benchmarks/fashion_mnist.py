@@ -120,10 +120,11 @@ def main(argv=None) -> int:
     base = resolve("fashion-mnist", overrides, extra)
     teacher, meta, teacher_path = obtain_teacher(base)
     teacher_acc = meta["test_acc"]
-    print(f"teacher {base.teacher.arch}: {teacher_acc:.2f}% ({teacher_path}); budget: {base.distill.iterations} "
-          f"iterations x {base.distill.s_steps} student steps x batch {base.distill.batch_size} = "
-          f"{base.distill.iterations * base.distill.s_steps * base.distill.batch_size:,} synthetic images per run",
-          flush=True)
+    d = base.distill
+    student_iterations = max(0, d.iterations - d.generator_warmup)
+    print(f"teacher {base.teacher.arch}: {teacher_acc:.2f}% ({teacher_path}); budget: {d.iterations} iterations "
+          f"({d.generator_warmup} generator-only) x {d.s_steps} student steps x batch {d.batch_size} = "
+          f"{student_iterations * d.s_steps * d.batch_size:,} synthetic images seen by each student", flush=True)
     started = time.time()
     results: dict[str, list[dict]] = {}
     for method in methods:

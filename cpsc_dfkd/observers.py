@@ -46,8 +46,13 @@ class ProgressBar(Callback):
         self.shown: dict[str, str] = {}
 
     def on_run_start(self, distiller: Distiller) -> None:
+        import sys
+
+        # In a log file (no terminal) a redrawn bar would print thousands of lines: redraw rarely there.
+        interactive = sys.stderr.isatty()
         self.bar = tqdm(total=distiller.config.distill.iterations, initial=distiller.iteration,
-                        desc=distiller.config.distill.method, disable=self.disable, dynamic_ncols=True)
+                        desc=distiller.config.distill.method, disable=self.disable, dynamic_ncols=True,
+                        mininterval=0.1 if interactive else 30.0)
 
     def on_iteration_end(self, distiller: Distiller) -> None:
         self.bar.update(1)
