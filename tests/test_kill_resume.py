@@ -6,6 +6,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -23,11 +24,30 @@ def distill_command(teacher, out):
             "--out", str(out), "--quiet", *sets]
 
 
+def last_logged_iteration(run) -> int:
+    records = read_metrics(run / "metrics.jsonl")
+    return max((r["iteration"] for r in records if r["event"] == "train"), default=0)
+
+
+def kill_when_past(process, run, iteration: int, extra_delay: float) -> bool:
+    """SIGKILL ``process`` a random moment after it has logged ``iteration``; False if it ended first.
+    Driven by the run's own progress, not the wall clock, so it kills on a slow and a fast machine alike."""
+    while process.poll() is None and last_logged_iteration(run) < iteration:
+        time.sleep(0.02)
+    time.sleep(extra_delay)
+    if process.poll() is not None:
+        return False
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return True
+
+
 def test_sigkill_at_random_moments_then_resume_reproduces_the_uninterrupted_weights(digits_teacher, tmp_path):
     reference, run = tmp_path / "reference", tmp_path / "killed"
     subprocess.run(distill_command(digits_teacher, reference), check=True, capture_output=True)
 
     rng = random.Random(0)
+    kill_points = sorted(rng.sample(range(2, 38), 4))  # iterations after which a process dies
     kills = attempts = 0
     while not (run / "student.pt").exists():
         attempts += 1
@@ -37,17 +57,13 @@ def test_sigkill_at_random_moments_then_resume_reproduces_the_uninterrupted_weig
         else:
             command = distill_command(digits_teacher, run)
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 5:
-            try:
-                process.wait(timeout=rng.uniform(2.0, 6.0))
-            except subprocess.TimeoutExpired:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                kills += 1
-                if (run / "checkpoints" / "last.pt").exists():
-                    load_checkpoint(run / "checkpoints" / "last.pt")  # the last complete checkpoint reads
-                read_metrics(run / "metrics.jsonl")
-                continue
+        pending = [k for k in kill_points if k > last_logged_iteration(run)]
+        if pending and kill_when_past(process, run, pending[0], rng.uniform(0.0, 0.3)):
+            kills += 1
+            if (run / "checkpoints" / "last.pt").exists():
+                load_checkpoint(run / "checkpoints" / "last.pt")  # the last complete checkpoint reads
+            read_metrics(run / "metrics.jsonl")
+            continue
         _, err = process.communicate()
         assert process.returncode == 0, err.decode()[-2000:]
 
