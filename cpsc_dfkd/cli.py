@@ -112,6 +112,28 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise UserError("the dashboard needs streamlit, plotly and umap-learn: pip install -e '.[dashboard]'")
+    app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+    if not app.exists():
+        raise UserError(f"{app} is missing: the dashboard runs from a clone of the repository (pip install -e .)")
+    runs_dir = Path(args.runs_dir).resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding {args.host} exposes the dashboard (and training on this machine) to the network",
+              file=sys.stderr)
+    print(f"cpsc-dfkd dashboard: http://{args.host}:{args.port}  (runs directory {runs_dir}; Ctrl-C stops it)",
+          flush=True)
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
+               "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none", "--", "--runs-dir", str(runs_dir)]
+    return subprocess.call(command)
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -182,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="2-D map method (auto: UMAP when umap-learn is installed, else PCA)")
     p.add_argument("--out", help="HTML report path (default: RUN_DIR/report.html)")
     p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("dashboard", help="the live dashboard (Streamlit): train, inspect samples, UMAP, diagnostics",
+                       description="Start the Streamlit dashboard. It binds to 127.0.0.1 unless --host says otherwise "
+                                   "and reads and writes only inside --runs-dir.")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--runs-dir", default="runs", help="folder of run directories (default ./runs)")
+    p.set_defaults(func=cmd_dashboard)
     return parser
 
 

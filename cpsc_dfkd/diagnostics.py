@@ -16,6 +16,8 @@ via the ``prdc`` package); low coverage means real modes the generator never rea
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -66,6 +68,17 @@ class GeneratorReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "GeneratorReport":
+        """Rebuild a report from a ``diagnostics`` line of ``metrics.jsonl``."""
+        classes = [ClassReport(label=c["label"], name=c.get("name", str(c["label"])), count=c.get("count", 0),
+                               conditional_accuracy=c["conditional_accuracy"], confidence=c["confidence"],
+                               entropy=c["entropy"], feature_diversity=c["feature_diversity"],
+                               pixel_diversity=c["pixel_diversity"], prediction_share=c["prediction_share"],
+                               flags=list(c["flags"])) for c in record["per_class"]]
+        return cls(classes, record["class_balance"], record["conditional_accuracy"], record["feature_diversity"],
+                   record["pixel_diversity"], record.get("between_class_feature_distance", float("nan")))
 
 
 def _mean_pairwise(x: torch.Tensor) -> float:
@@ -195,7 +208,9 @@ def evaluation_report(teacher: nn.Module, synthetic: torch.Tensor, synthetic_lab
     s_group = synthetic_labels.cpu() if synthetic_labels is not None else s_logits.argmax(1)
     s_np, r_np = s_feat.numpy().astype(np.float64), r_feat.numpy().astype(np.float64)
     k = max(1, min(nearest_k, len(s_np) - 1, len(r_np) - 1))
-    overall = compute_prdc(real_features=r_np, fake_features=s_np, nearest_k=k)
+    quiet = contextlib.redirect_stdout(io.StringIO())  # prdc prints its sample counts
+    with quiet:
+        overall = compute_prdc(real_features=r_np, fake_features=s_np, nearest_k=k)
     per_class: dict[int, dict[str, float]] = {}
     for c in range(num_classes):
         sc, rc = s_np[(s_group == c).numpy()], r_np[(real_labels.cpu() == c).numpy()]
@@ -203,7 +218,8 @@ def evaluation_report(teacher: nn.Module, synthetic: torch.Tensor, synthetic_lab
         if len(sc) >= min_per_class and len(rc) >= min_per_class:
             entry["frechet_distance"] = frechet_distance(sc, rc)
             kc = max(1, min(nearest_k, len(sc) - 1, len(rc) - 1))
-            entry["coverage"] = float(compute_prdc(real_features=rc, fake_features=sc, nearest_k=kc)["coverage"])
+            with contextlib.redirect_stdout(io.StringIO()):
+                entry["coverage"] = float(compute_prdc(real_features=rc, fake_features=sc, nearest_k=kc)["coverage"])
         per_class[c] = entry
     return {"needs_real_data": True, "frechet_distance": frechet_distance(s_np, r_np),
             **{key: float(v) for key, v in overall.items()}, "per_class": per_class, "nearest_k": k}

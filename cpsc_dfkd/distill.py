@@ -346,7 +346,7 @@ class Distiller:
         d = self.config.distill
         self._emit("on_run_start")
         self._fit_start = self._window_start = time.perf_counter()
-        while self.iteration < d.iterations and not self.stop_requested:
+        while self.iteration < d.iterations:
             terms = self.train_iteration()
             self.iteration += 1
             self._accumulate(terms)
@@ -365,6 +365,8 @@ class Distiller:
             if due_checkpoint:
                 self.save_checkpoint()
             self._emit("on_iteration_end")
+            if self._stop_agreed(due_log):
+                break
         status = "finished"
         if self.iteration < d.iterations:
             status = "stopped"
@@ -383,6 +385,17 @@ class Distiller:
     def request_stop(self) -> None:
         """Finish the current iteration, checkpoint, and return from ``fit``."""
         self.stop_requested = True
+
+    def _stop_agreed(self, due_log: bool) -> bool:
+        """Whether to leave the loop now. Alone, at once; with several processes, every rank must leave at
+        the same iteration, so they agree (one all-reduce) at logging iterations only."""
+        if self.world_size == 1:
+            return self.stop_requested
+        if not due_log:
+            return False
+        flag = torch.tensor(float(self.stop_requested), device=self.device)
+        self.stop_requested = bool(distributed.all_reduce_max(flag) > 0)
+        return self.stop_requested
 
     def summary(self, wall_s: float, status: str) -> dict[str, Any]:
         d = self.config.distill

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import distributed
+from .control import RunControl
 from .config import Config, dump_yaml, from_dict, parse_override, _apply, _merge, to_dict, validate
 from .data import load_split
 from .distill import Callback, Distiller
@@ -85,6 +86,7 @@ def _run(config: Config, run_dir: Path, resume: bool, callbacks: list[Callback],
             log(f"metrics.jsonl: dropped {dropped} line(s) written after the last checkpoint or cut off by a crash")
         observers = [RunWriter(run_dir, {"teacher_checkpoint": str(teacher_path), "run_dir": str(run_dir)}),
                      ProgressBar(disable=not progress), *callbacks]
+        observers.append(RunControl(run_dir, pausable=distributed.world_size() == 1, log=log))
         if config.distill.diagnostics_every:
             observers.append(DiagnosticsRecorder(run_dir, config.distill.diagnostics_every))
     else:

@@ -74,11 +74,22 @@ class ProgressBar(Callback):
 
 class DiagnosticsRecorder(Callback):
     """Every ``every`` iterations: per-class generator diagnostics into ``metrics.jsonl`` (event
-    "diagnostics") and the teacher/student contrastive embeddings into ``embeddings/iter_N.npz``."""
+    "diagnostics") and, into ``embeddings/iter_N.npz``, the teacher/student contrastive embeddings of the
+    synthetic samples with the samples themselves (uint8), plus those of ``real_per_class`` test images per
+    class when the run has a test split (evaluation-only data, for the shared map)."""
 
-    def __init__(self, run_dir: Path, every: int, per_class: int = 32):
+    def __init__(self, run_dir: Path, every: int, per_class: int = 32, real_per_class: int = 16):
         self.run_dir, self.every, self.per_class = Path(run_dir), every, per_class
+        self.real_per_class = real_per_class
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self._real: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def on_run_start(self, distiller: Distiller) -> None:
+        if distiller.test_set is not None and self.real_per_class > 0:
+            from .report import real_subset
+
+            images, labels = real_subset(distiller.test_set, self.real_per_class, distiller.info.num_classes)
+            self._real = images.to(distiller.device), labels
 
     def on_iteration_end(self, distiller: Distiller) -> None:
         if self.every <= 0 or distiller.iteration % self.every:
@@ -90,18 +101,22 @@ class DiagnosticsRecorder(Callback):
         from .report import take_snapshot
         from .runs import atomic_write_bytes
 
-        snapshot = take_snapshot(distiller, self.per_class)
+        snapshot = take_snapshot(distiller, self.per_class, real=self._real)
         report = snapshot.report
         self.metrics.append({
             "event": "diagnostics", "iteration": distiller.iteration,
             "conditional_accuracy": report.conditional_accuracy, "class_balance": report.class_balance,
             "feature_diversity": report.feature_diversity, "pixel_diversity": report.pixel_diversity,
             "flagged": report.flagged,
-            "per_class": [{"label": c.label, "conditional_accuracy": c.conditional_accuracy,
+            "between_class_feature_distance": report.between_class_feature_distance,
+            "per_class": [{"label": c.label, "name": c.name, "count": c.count, "conditional_accuracy": c.conditional_accuracy,
                            "confidence": c.confidence, "entropy": c.entropy,
                            "feature_diversity": c.feature_diversity, "pixel_diversity": c.pixel_diversity,
                            "prediction_share": c.prediction_share, "flags": c.flags} for c in report.classes]})
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, teacher=snapshot.teacher_embeddings, student=snapshot.student_embeddings,
-                            labels=snapshot.labels)
+        arrays = dict(teacher=snapshot.teacher_embeddings, student=snapshot.student_embeddings,
+                      labels=snapshot.labels, images=snapshot.images)
+        if snapshot.real_labels is not None:
+            arrays.update(real=snapshot.real_teacher_embeddings, real_labels=snapshot.real_labels)
+        np.savez_compressed(buffer, **arrays)
         atomic_write_bytes(self.run_dir / "embeddings" / f"iter_{distiller.iteration:06d}.npz", buffer.getvalue())

@@ -12,6 +12,7 @@ import torch
 
 from .diagnostics import GeneratorReport, Projector, contrastive_embeddings, evaluation_report, generator_report
 from .distill import Distiller
+from .data import denormalise
 from .viz import class_grid, class_measures_figure, embedding_figure, grid_to_png_bytes, png_data_uri
 
 
@@ -24,6 +25,7 @@ class Snapshot:
     teacher_embeddings: np.ndarray
     student_embeddings: np.ndarray
     labels: np.ndarray  # the class each synthetic sample was made for (or the teacher's prediction)
+    images: np.ndarray | None = None  # the synthetic samples, uint8 [N, H, W, C], for hover and selection
     real_teacher_embeddings: np.ndarray | None = None
     real_student_embeddings: np.ndarray | None = None
     real_labels: np.ndarray | None = None
@@ -54,7 +56,9 @@ def take_snapshot(distiller: Distiller, per_class: int = 32, real: tuple[torch.T
     if made_for is None:  # an unconditional generator: show each sample under the teacher's class
         with torch.no_grad():
             made_for = distiller.teacher(images).argmax(1)
-    snapshot = Snapshot(distiller.iteration, report, teacher_emb, student_emb, made_for.cpu().numpy())
+    pixels = (denormalise(images, distiller.info).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1)
+    snapshot = Snapshot(distiller.iteration, report, teacher_emb, student_emb, made_for.cpu().numpy(),
+                        pixels.cpu().numpy())
     if real is not None:
         real_t, real_s = contrastive_embeddings(distiller.teacher, distiller.student, distiller.projection_head,
                                                 real[0])
