@@ -114,7 +114,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import importlib.util
-    import subprocess
+    import os
 
     if importlib.util.find_spec("streamlit") is None:
         raise UserError("the dashboard needs streamlit, plotly and umap-learn: pip install -e '.[dashboard]'")
@@ -131,7 +131,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
                "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--server.fileWatcherType", "none", "--", "--runs-dir", str(runs_dir)]
-    return subprocess.call(command)
+    # Become the Streamlit server (no child left behind when this process is stopped or killed).
+    os.execv(sys.executable, command)
+    return 0  # not reached
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

@@ -276,7 +276,7 @@ class Projector:
         if self.previous is not None and self.previous.shape == (len(points), 2):
             init = self.previous
         reducer = umap.UMAP(n_components=2, n_neighbors=min(self.n_neighbors, len(points) - 1),
-                            random_state=self.seed, init=init, n_epochs=200 if isinstance(init, str) else 100,
+                            random_state=self.seed, init=init, n_epochs=200 if isinstance(init, str) else 60,
                             min_dist=0.1, metric="euclidean")
         return reducer.fit_transform(points).astype(np.float32)
 

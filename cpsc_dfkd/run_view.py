@@ -101,6 +101,16 @@ class RunView:
             return {key: data[key] for key in data.files}
 
 
+def _lower_thread_priority() -> None:
+    """Projections yield the CPU to training: on Linux a thread has its own nice value."""
+    import os
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass  # not Linux: the projection runs at normal priority
+
+
 def map_inputs(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points, class labels and sources (teacher / student / real) of one embeddings file."""
     n = len(arrays["labels"])
@@ -124,6 +134,7 @@ class MapFrame:
     labels: np.ndarray
     sources: np.ndarray
     seconds: float
+    finished_at: float = 0.0
 
 
 class MapWorker:
@@ -133,8 +144,8 @@ class MapWorker:
     its Projector, so a refresh starts from the previous layout and the map does not jump.
     """
 
-    def __init__(self, method: str = "auto", seed: int = 0):
-        self.method, self.seed = method, seed
+    def __init__(self, method: str = "auto", seed: int = 0, warm_up: bool = False):
+        self.method, self.seed, self.warm_up = method, seed, warm_up
         self._projectors: dict[str, Projector] = {}
         self._frames: dict[str, MapFrame] = {}
         self._wanted: dict[str, tuple[Path, int]] = {}
@@ -143,12 +154,15 @@ class MapWorker:
         self._thread = threading.Thread(target=self._loop, name="map-worker", daemon=True)
         self._thread.start()
 
-    def request(self, view: RunView) -> None:
+    def request(self, view: RunView, min_interval_s: float = 0.0) -> None:
+        """Ask for the newest embeddings of ``view`` to be projected, unless the map shown is younger than
+        ``min_interval_s`` seconds (a live run on few cores: each UMAP refresh takes CPU from training)."""
         iterations = view.embedding_iterations()
         if not iterations:
             return
         frame = self._frames.get(view.name)
-        if frame is not None and frame.iteration == iterations[-1]:
+        if frame is not None and (frame.iteration == iterations[-1] or
+                                  time.time() - frame.finished_at < min_interval_s):
             return
         with self._condition:
             self._wanted[view.name] = (view.path, iterations[-1])
@@ -168,6 +182,9 @@ class MapWorker:
         return run in self._wanted
 
     def _loop(self) -> None:
+        _lower_thread_priority()
+        if self.warm_up:
+            self._compile()
         while True:
             with self._condition:
                 while not self._wanted:
@@ -181,13 +198,20 @@ class MapWorker:
                 started = time.perf_counter()
                 layout = projector.project(points)
                 self._frames[run] = MapFrame(run, iteration, layout, labels, sources,
-                                             time.perf_counter() - started)
+                                             time.perf_counter() - started, time.time())
                 self._errors.pop(run, None)
             except Exception as exc:  # a half-written or foreign file: report it on the page, keep serving
                 self._errors[run] = f"{type(exc).__name__}: {exc}"
             with self._condition:
                 if self._wanted.get(run, (None, None))[1] == iteration:
                     del self._wanted[run]
+
+    def _compile(self) -> None:
+        """Pay numba's one-time compilation now, before any run needs a map (UMAP only)."""
+        projector = Projector(self.method, self.seed)
+        if projector.method == "umap":
+            points = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+            projector.project(points)
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """For tests and benchmarks: block until no projection is pending."""

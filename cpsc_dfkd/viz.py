@@ -66,7 +66,8 @@ def embedding_figure(layout, labels, sources, class_names: tuple[str, ...] = (),
             if not mask.any():
                 continue
             name = class_names[c] if c < len(class_names) else str(c)
-            figure.add_trace(go.Scattergl(
+            figure.add_trace(go.Scatter(  # SVG: a few thousand points, no WebGL needed
+
                 x=layout[mask, 0], y=layout[mask, 1], mode="markers", name=f"{name} ({source})",
                 legendgroup=name, marker=dict(symbol=MARKERS[source], size=6 if source != "real" else 5,
                                               color=palette[c % len(palette)],
@@ -75,7 +76,8 @@ def embedding_figure(layout, labels, sources, class_names: tuple[str, ...] = (),
                 hovertemplate=f"class {name}, {source}<br>%{{text}}<extra></extra>" if hover_text is not None
                 else f"class {name}, {source}<extra></extra>"))
     figure.update_layout(title=title, xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"),
-                         legend=dict(itemsizing="constant"), margin=dict(l=10, r=10, t=40, b=10), height=520)
+                         legend=dict(itemsizing="constant"), margin=dict(l=10, r=10, t=40, b=10), height=520,
+                         uirevision="map")  # a refreshed map keeps the user's zoom and hidden classes
     return figure
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+
+# One numba thread: the map is computed beside a training process that already uses every core.
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 import re
 import sys
 from pathlib import Path
@@ -25,7 +28,10 @@ from cpsc_dfkd.methods import list_methods
 from cpsc_dfkd.run_view import MapWorker, RunView, list_runs
 from cpsc_dfkd.viz import class_measures_figure, embedding_figure
 
-REFRESH_S = 2.0
+REFRESH_S = 5.0
+PANELS = ["Samples", "UMAP", "Diagnostics", "Curves"]
+MAP_INTERVALS = [0, 10, 30, 60, 120, 300]
+DEFAULT_MAP_INTERVAL = 60 if (os.cpu_count() or 1) <= 4 else 10  # seconds between UMAP refreshes of a live run
 LOSS_HELP = {
     "adv": "generator step: weight of the adversarial term, which seeks images where student and teacher disagree",
     "kd": "student step: weight of the distillation loss, KL(teacher || student)",
@@ -55,8 +61,15 @@ def get_launcher(runs_dir: str) -> Launcher:
 
 
 @st.cache_resource
-def get_map_worker() -> MapWorker:
-    return MapWorker(method="auto", seed=0)
+def get_map_worker(method: str = "umap") -> MapWorker:
+    """One background projector per method, shared by every tab of this server."""
+    return MapWorker(method=method if method == "pca" or _umap_installed() else "pca", seed=0)
+
+
+def _umap_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("umap") is not None
 
 
 def open_run(name: str) -> RunView | None:
@@ -240,8 +253,16 @@ def samples_panel(view: RunView, class_names: list[str]) -> None:
 
 
 def map_panel(view: RunView, class_names: list[str]) -> None:
-    worker = get_map_worker()
-    worker.request(view)
+    method = st.radio("Projection", ["umap", "pca"], horizontal=True, key=f"map_method_{view.name}",
+                      format_func=str.upper,
+                      help="UMAP shows neighbourhoods best; PCA is instant and takes almost no CPU from training.")
+    worker = get_map_worker(method)
+    interval = st.select_slider("Refresh the map while training at most every", options=MAP_INTERVALS,
+                                value=DEFAULT_MAP_INTERVAL, format_func=lambda s: f"{s} s",
+                                key=f"map_interval_{view.name}",
+                                help="Each UMAP refresh takes CPU from training on a small machine; a finished "
+                                     "or paused run's map is always the newest.")
+    worker.request(view, interval if view.status == "running" else 0.0)
     frame = worker.frame(view.name)
     if worker.error(view.name):
         st.warning(f"Map not refreshed: {worker.error(view.name)}")
@@ -251,12 +272,7 @@ def map_panel(view: RunView, class_names: list[str]) -> None:
                 "No embeddings yet: set distill.diagnostics_every for this run.")
         return
     arrays = view.embeddings(frame.iteration)
-    n_synthetic = len(arrays["labels"])
-    hover = [f"synthetic #{i}" for i in range(n_synthetic)] * 2 + \
-        [f"real test image #{i}" for i in range(len(frame.labels) - 2 * n_synthetic)]
-    figure = embedding_figure(frame.layout, frame.labels, frame.sources, tuple(class_names),
-                              title=f"Teacher (o) and student (x) contrastive embeddings, iteration {frame.iteration}"
-                                    f" — {frame.seconds:.1f}s to project", hover_text=hover)
+    figure = map_figure(view.name, frame, len(arrays["labels"]), tuple(class_names))
     event = st.plotly_chart(figure, on_select="rerun", selection_mode=("points", "box", "lasso"),
                             key=f"map_{view.name}")
     picked = selected_samples(event, figure)[:24]
@@ -266,6 +282,22 @@ def map_panel(view: RunView, class_names: list[str]) -> None:
     else:
         st.caption("Hover a point for its class, source and sample number; select points (click, box or "
                    "lasso) to see the synthetic images behind them.")
+
+
+def map_figure(run: str, frame, n_synthetic: int, class_names: tuple[str, ...]) -> go.Figure:
+    """The scatter of one projection, built once and reused by later refreshes (building a plotly figure
+    is the page's largest CPU cost, and the page shares the machine with training)."""
+    cache = st.session_state.setdefault("map_figures", {})
+    key = (run, frame.iteration, frame.finished_at)
+    if key not in cache:
+        hover = [f"synthetic #{i}" for i in range(n_synthetic)] * 2 + \
+            [f"real test image #{i}" for i in range(len(frame.labels) - 2 * n_synthetic)]
+        cache.clear()
+        cache[key] = embedding_figure(
+            frame.layout, frame.labels, frame.sources, class_names, hover_text=hover,
+            title=f"Teacher (o) and student (x) contrastive embeddings, iteration {frame.iteration} "
+                  f"({frame.seconds:.1f}s to project)")
+    return cache[key]
 
 
 def selected_samples(event, figure: go.Figure) -> list[int]:
@@ -320,7 +352,6 @@ def run_page() -> None:
     view = open_run(name)
     if view is None:
         return
-    get_map_worker().request(view)
     if needs_polling(view):
         live_view(view)
     else:
@@ -333,7 +364,7 @@ def is_live(view: RunView) -> bool:
 
 def needs_polling(view: RunView) -> bool:
     """Training, or a map still being projected in the background: keep re-drawing."""
-    return is_live(view) or get_map_worker().pending(view.name)
+    return is_live(view) or any(get_map_worker(m).pending(view.name) for m in ("umap", "pca"))
 
 
 def render_run(view: RunView) -> None:
@@ -351,14 +382,16 @@ def render_run(view: RunView) -> None:
 
     class_names = list(dataset_info(config["data"]["name"]).class_names)
     progress_line(view, config)
-    samples_tab, map_tab, diagnostics_tab, curves_tab = st.tabs(["Samples", "UMAP", "Diagnostics", "Curves"])
-    with samples_tab:
+    # One panel at a time: a refresh builds and sends only what is on screen, which keeps the page's share
+    # of the CPU small next to the training process.
+    panel = st.segmented_control("View", PANELS, default="Samples", key=f"panel_{view.name}") or "Samples"
+    if panel == "Samples":
         samples_panel(view, class_names)
-    with map_tab:
+    elif panel == "UMAP":
         map_panel(view, class_names)
-    with diagnostics_tab:
+    elif panel == "Diagnostics":
         diagnostics_panel(view)
-    with curves_tab:
+    else:
         st.plotly_chart(loss_figure(view), key=f"loss_{view.name}")
         st.plotly_chart(curves_figure([view], "student_acc", "Student accuracy on the real test split (%)"),
                         key=f"acc_{view.name}")
