@@ -130,7 +130,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
           flush=True)
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
                "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none", "--", "--runs-dir", str(runs_dir)]
+               "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
+               "--", "--runs-dir", str(runs_dir)]
     # Become the Streamlit server (no child left behind when this process is stopped or killed).
     os.execv(sys.executable, command)
     return 0  # not reached

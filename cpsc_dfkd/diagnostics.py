@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -278,7 +279,9 @@ class Projector:
         reducer = umap.UMAP(n_components=2, n_neighbors=min(self.n_neighbors, len(points) - 1),
                             random_state=self.seed, init=init, n_epochs=200 if isinstance(init, str) else 60,
                             min_dist=0.1, metric="euclidean")
-        return reducer.fit_transform(points).astype(np.float32)
+        with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": seeding is the point
+            warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+            return reducer.fit_transform(points).astype(np.float32)
 
 
 def _align(layout: np.ndarray, previous: np.ndarray) -> np.ndarray:

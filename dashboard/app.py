@@ -272,7 +272,7 @@ def map_panel(view: RunView, class_names: list[str]) -> None:
                 "No embeddings yet: set distill.diagnostics_every for this run.")
         return
     arrays = view.embeddings(frame.iteration)
-    figure = map_figure(view.name, frame, len(arrays["labels"]), tuple(class_names))
+    figure = map_figure(view.name, frame, len(arrays["labels"]), tuple(class_names), worker.method)
     event = st.plotly_chart(figure, on_select="rerun", selection_mode=("points", "box", "lasso"),
                             key=f"map_{view.name}")
     picked = selected_samples(event, figure)[:24]
@@ -284,11 +284,11 @@ def map_panel(view: RunView, class_names: list[str]) -> None:
                    "lasso) to see the synthetic images behind them.")
 
 
-def map_figure(run: str, frame, n_synthetic: int, class_names: tuple[str, ...]) -> go.Figure:
+def map_figure(run: str, frame, n_synthetic: int, class_names: tuple[str, ...], method: str) -> go.Figure:
     """The scatter of one projection, built once and reused by later refreshes (building a plotly figure
     is the page's largest CPU cost, and the page shares the machine with training)."""
     cache = st.session_state.setdefault("map_figures", {})
-    key = (run, frame.iteration, frame.finished_at)
+    key = (run, method, frame.iteration, frame.finished_at)
     if key not in cache:
         hover = [f"synthetic #{i}" for i in range(n_synthetic)] * 2 + \
             [f"real test image #{i}" for i in range(len(frame.labels) - 2 * n_synthetic)]
@@ -296,7 +296,7 @@ def map_figure(run: str, frame, n_synthetic: int, class_names: tuple[str, ...]) 
         cache[key] = embedding_figure(
             frame.layout, frame.labels, frame.sources, class_names, hover_text=hover,
             title=f"Teacher (o) and student (x) contrastive embeddings, iteration {frame.iteration} "
-                  f"({frame.seconds:.1f}s to project)")
+                  f"({method.upper()}, {frame.seconds:.1f}s to project)")
     return cache[key]
 
 
@@ -389,6 +389,8 @@ def render_run(view: RunView) -> None:
         samples_panel(view, class_names)
     elif panel == "UMAP":
         map_panel(view, class_names)
+        if st.session_state.get("shown_live") != view.name and needs_polling(view):
+            st.rerun()  # a finished run's map was just requested: poll until it is drawn
     elif panel == "Diagnostics":
         diagnostics_panel(view)
     else:

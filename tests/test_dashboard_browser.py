@@ -84,7 +84,7 @@ def test_dashboard_trains_live_and_shows_samples_and_the_umap_map(dashboard, dig
             grid.wait_for(timeout=30_000)
             assert grid.evaluate("img => img.complete && img.naturalWidth") > 0
 
-            page.get_by_role("tab", name="UMAP").click()
+            page.get_by_text("UMAP", exact=True).click()
             plot = page.locator(".js-plotly-plot").filter(has_text="contrastive embeddings")
             plot.wait_for(timeout=180_000)
             points = plot.evaluate("el => el._fullData.reduce((n, trace) => n + (trace._length || 0), 0)")
@@ -92,6 +92,19 @@ def test_dashboard_trains_live_and_shows_samples_and_the_umap_map(dashboard, dig
             assert points > 0
             assert any("(teacher)" in s for s in sources) and any("(student)" in s for s in sources)
             page.screenshot(path=str(ARTIFACTS / "dashboard-umap.png"), full_page=True)
+
+            # A finished run opened afresh: a map it has never had (PCA) is requested by the click and drawn
+            # without any other input.
+            deadline = time.time() + 300
+            while not list(runs.glob("*/summary.json")):
+                assert time.time() < deadline, "the dashboard's run did not finish"
+                time.sleep(1)
+            page.reload()
+            page.get_by_text("Run", exact=True).first.click()
+            page.get_by_text("finished", exact=True).wait_for(timeout=60_000)
+            page.get_by_text("UMAP", exact=True).click()
+            page.get_by_text("PCA", exact=True).click()
+            page.locator(".js-plotly-plot").filter(has_text="PCA,").wait_for(timeout=60_000)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
             raise
