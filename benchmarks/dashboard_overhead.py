@@ -5,7 +5,7 @@
 
 Runs the same configuration alternately (a) from the CLI and (b) started from the dashboard's page in
 headless Chromium (Debian's chromium through Playwright), with the page left open on a panel (Samples, or UMAP, where
-every new embeddings file is also projected in the dashboard's process); the page polls every 3 s.
+every new embeddings file is also projected in the dashboard's process); the page polls every 5 s.
 Both write per-class samples and diagnostics at the same interval. The figure compared is the run's
 own training wall time (``summary.json``: ``wall_s``), which excludes process start-up.
 Needs the preset's teacher in the teacher cache (run ``cpsc-dfkd teacher --preset ...`` once).
@@ -65,15 +65,15 @@ def dashboard_run(preset: str, overrides: list[str], runs: Path, screenshot: Pat
             box.fill("\n".join(overrides))
             box.press("Control+Enter")
             page.get_by_role("button", name="Start").click()
-            page.get_by_text(panel, exact=True).click()
+            segment = page.get_by_test_id("stButtonGroup").get_by_text(panel, exact=True)
+            segment.click()
             deadline = time.time() + 3600
             while not list(runs.glob("*/summary.json")):
                 if time.time() > deadline:
                     raise TimeoutError("the dashboard run did not finish within an hour")
                 time.sleep(1)
-                if panel == "UMAP" and not page.locator(".js-plotly-plot").count() and \
-                        page.get_by_text(panel, exact=True).count():
-                    page.get_by_text(panel, exact=True).click()  # keep the map on screen
+                if panel == "UMAP" and segment.count() and not page.get_by_role("radiogroup", name="Projection").count():
+                    segment.click()  # the page switched to the run view (panel back to Samples): show the map again
             if screenshot:
                 time.sleep(4)
                 page.screenshot(path=str(screenshot), full_page=True)
