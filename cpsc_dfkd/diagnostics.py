@@ -253,7 +253,7 @@ class Projector:
         if method not in ("auto", "umap", "pca"):
             raise ValueError(f"projection method must be auto, umap or pca, got {method!r}")
         if method == "auto":
-            method = "umap" if _umap_available() else "pca"
+            method = "umap" if umap_available() else "pca"
         self.method, self.seed, self.n_neighbors = method, seed, n_neighbors
         self.previous: np.ndarray | None = None
 
@@ -296,9 +296,8 @@ def _align(layout: np.ndarray, previous: np.ndarray) -> np.ndarray:
     return (a @ rotation * scale + previous.mean(0)).astype(np.float32)
 
 
-def _umap_available() -> bool:
-    try:
-        import umap  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def umap_available() -> bool:
+    """Whether umap-learn is installed (found without importing it: the import compiles numba code)."""
+    import importlib.util
+
+    return importlib.util.find_spec("umap") is not None

@@ -149,8 +149,7 @@ class MapWorker:
         self._projectors: dict[str, Projector] = {}
         self._frames: dict[str, MapFrame] = {}
         self._wanted: dict[str, tuple[Path, int]] = {}
-        self._errors: dict[str, str] = {}
-        self._failed: dict[str, int] = {}  # run -> iteration whose file could not be projected
+        self._failures: dict[str, tuple[int, str]] = {}  # run -> (iteration that could not be projected, why)
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="map-worker", daemon=True)
         self._thread.start()
@@ -162,7 +161,7 @@ class MapWorker:
         if not iterations:
             return
         frame = self._frames.get(view.name)
-        if self._failed.get(view.name) == iterations[-1]:
+        if self._failures.get(view.name, (None,))[0] == iterations[-1]:
             return  # this file could not be projected (the page shows why); wait for the next one
         if frame is not None and (frame.iteration == iterations[-1] or
                                   time.time() - frame.finished_at < min_interval_s):
@@ -175,7 +174,8 @@ class MapWorker:
         return self._frames.get(run)
 
     def error(self, run: str) -> str | None:
-        return self._errors.get(run)
+        failure = self._failures.get(run)
+        return failure[1] if failure else None
 
     def busy(self) -> bool:
         return bool(self._wanted)
@@ -202,11 +202,9 @@ class MapWorker:
                 layout = projector.project(points)
                 self._frames[run] = MapFrame(run, iteration, layout, labels, sources,
                                              time.perf_counter() - started, time.time())
-                self._errors.pop(run, None)
-                self._failed.pop(run, None)
+                self._failures.pop(run, None)
             except Exception as exc:  # a half-written or foreign file: report it on the page, keep serving
-                self._errors[run] = f"{type(exc).__name__}: {exc}"
-                self._failed[run] = iteration
+                self._failures[run] = (iteration, f"{type(exc).__name__}: {exc}")
             with self._condition:
                 if self._wanted.get(run, (None, None))[1] == iteration:
                     del self._wanted[run]

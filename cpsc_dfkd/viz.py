@@ -67,7 +67,6 @@ def embedding_figure(layout, labels, sources, class_names: tuple[str, ...] = (),
                 continue
             name = class_names[c] if c < len(class_names) else str(c)
             figure.add_trace(go.Scatter(  # SVG: a few thousand points, no WebGL needed
-
                 x=layout[mask, 0], y=layout[mask, 1], mode="markers", name=f"{name} ({source})",
                 legendgroup=name, marker=dict(symbol=MARKERS[source], size=6 if source != "real" else 5,
                                               color=palette[c % len(palette)],

@@ -22,6 +22,7 @@ import streamlit as st
 
 from cpsc_dfkd.config import dump_yaml, list_presets
 from cpsc_dfkd.control import send
+from cpsc_dfkd.diagnostics import umap_available
 from cpsc_dfkd.errors import UserError
 from cpsc_dfkd.launcher import Launcher
 from cpsc_dfkd.methods import list_methods
@@ -63,13 +64,7 @@ def get_launcher(runs_dir: str) -> Launcher:
 @st.cache_resource
 def get_map_worker(method: str = "umap") -> MapWorker:
     """One background projector per method, shared by every tab of this server."""
-    return MapWorker(method=method if method == "pca" or _umap_installed() else "pca", seed=0)
-
-
-def _umap_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("umap") is not None
+    return MapWorker(method=method if method == "pca" or umap_available() else "pca", seed=0)
 
 
 def open_run(name: str) -> RunView | None:

@@ -84,7 +84,7 @@ def test_dashboard_trains_live_and_shows_samples_and_the_umap_map(dashboard, dig
             grid.wait_for(timeout=30_000)
             assert grid.evaluate("img => img.complete && img.naturalWidth") > 0
 
-            page.get_by_text("UMAP", exact=True).click()
+            page.get_by_test_id("stButtonGroup").get_by_text("UMAP", exact=True).click()
             plot = page.locator(".js-plotly-plot").filter(has_text="contrastive embeddings")
             plot.wait_for(timeout=180_000)
             points = plot.evaluate("el => el._fullData.reduce((n, trace) => n + (trace._length || 0), 0)")
@@ -102,7 +102,7 @@ def test_dashboard_trains_live_and_shows_samples_and_the_umap_map(dashboard, dig
             page.reload()
             page.get_by_text("Run", exact=True).first.click()
             page.get_by_text("finished", exact=True).wait_for(timeout=60_000)
-            page.get_by_text("UMAP", exact=True).click()
+            page.get_by_test_id("stButtonGroup").get_by_text("UMAP", exact=True).click()
             page.get_by_text("PCA", exact=True).click()
             page.locator(".js-plotly-plot").filter(has_text="PCA,").wait_for(timeout=60_000)
         except Exception:
