@@ -221,8 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    finished = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        finished = True
+        return code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from . import distributed
 
-        distributed.shutdown()
+        distributed.shutdown(wait_for_peers=finished)
 
 
 if __name__ == "__main__":

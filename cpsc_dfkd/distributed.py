@@ -41,8 +41,14 @@ def init_from_env() -> None:
     dist.init_process_group(backend=backend)
 
 
-def shutdown() -> None:
+def shutdown(wait_for_peers: bool = False) -> None:
+    """Leave the process group. After a normal end, ``wait_for_peers`` makes every rank leave together: a rank
+    that tears its connections down while a peer still finishes its last collective can make the peer's gloo
+    threads abort it (seen under torchrun, about one run in five). After an error, leave at once: the peers may
+    never reach a barrier, and torchrun stops them when this rank exits."""
     if is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -41,7 +41,7 @@ def main(out: str, teacher_path: str, iterations: int, overrides: list[str]) -> 
     if distributed.is_main():
         torch.save({"params": all_flat, "initial": initial, "noise": all_noise,
                     "world_size": distributed.world_size()}, out)
-    distributed.shutdown()
+    distributed.shutdown(wait_for_peers=True)
 
 
 if __name__ == "__main__":
