@@ -61,6 +61,10 @@ class GeneratorConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     schedule: Literal["constant", "cosine"] = "cosine"
+    # Learning-rate multiplier for the class embeddings (the conditional BN scales and shifts). They are the
+    # only place the label enters G; Adam moves each weight by about lr per step, so at lr 1e-3 the classes
+    # stay nearly alike for hundreds of steps. 1 = the reference code.
+    embedding_lr_scale: float = 1.0
     # Reference-code defect, kept as an option for measurement: a fresh Adam at every G step.
     reset_optimizer_each_step: bool = False
 
@@ -76,6 +80,7 @@ class LossConfig:
     ikd_log: bool = False  # use log(MSE) in the generator step, as the CIFAR-10 reference does
     bn: float = 1.0  # beta: teacher BatchNorm statistics prior (G step)
     bn_normalized: bool = False  # measure BN gaps relative to the running statistics (see losses.py)
+    bn_first_layer_weight: float = 1.0  # weight of the first BN layer's gap (DeepInversion uses 10)
     scl: float = 0.7  # gamma: pseudo-supervised contrast, SupCon on teacher/student features (G step)
     ce: float = 0.7  # eta: pseudo cross-entropy on the generator's labels (both steps)
     scl_temperature: float = 0.07
@@ -111,6 +116,9 @@ class DistillConfig:
     # The student learns from the last N generator batches instead of freshly made images (0 = reference:
     # new images for every student step). See memory.py.
     memory_batches: int = 0
+    # Random crops (and flips where the data set allows) of the synthetic images of each student step. The
+    # teacher labels the augmented image, so every crop is a new, correctly labelled input for free.
+    augment: bool = False
     log_every: int = 10
     eval_every: int = 50
     sample_every: int = 50
@@ -149,9 +157,11 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "generator.nz": (lambda v: v >= 1, "an integer >= 1"),
     "generator.ngf": (lambda v: v >= 1, "an integer >= 1"),
     "generator.lr": (lambda v: v > 0, "a number > 0"),
+    "generator.embedding_lr_scale": (lambda v: v > 0, "a number > 0"),
     "generator.beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "generator.beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "loss.scl_temperature": (lambda v: v > 0, "a number > 0"),
+    "loss.bn_first_layer_weight": (lambda v: v >= 0, "a number >= 0"),
     "loss.kd_temperature": (lambda v: v > 0, "a number > 0"),
     "distill.iterations": (lambda v: v >= 0, "an integer >= 0"),
     "distill.batch_size": (lambda v: v >= 2, "an integer >= 2 (BatchNorm and SupCon need pairs)"),

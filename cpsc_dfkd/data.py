@@ -284,21 +284,32 @@ def iterate_batches(dataset: torch.utils.data.Dataset, batch_size: int, shuffle:
     yield from loader
 
 
+def draw_crop_flip(n: int, padding: int, flip: bool, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample random crop offsets (dy, dx in [0, 2 * padding]) and flip decisions, on the CPU."""
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return dy, dx, flips
+
+
+def apply_crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor, flips: torch.Tensor
+                    ) -> torch.Tensor:
+    """Crop each zero-padded image at its offsets and flip those marked, in one indexing op."""
+    n, channels, h, w = images.shape
+    device = images.device
+    padded = F.pad(images, (padding, padding, padding, padding))
+    rows = (dy.to(device)[:, None] + torch.arange(h, device=device))[:, None, :, None]
+    cols = (dx.to(device)[:, None] + torch.arange(w, device=device))
+    cols = torch.where(flips.to(device)[:, None], cols.flip(1), cols)[:, None, None, :]
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    return padded[batch, torch.arange(channels, device=device)[None, :, None, None], rows, cols]
+
+
 def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None
                      ) -> torch.Tensor:
     """Per-sample random crops (zero padding) and optional horizontal flips of a whole batch at once."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
-    batch = torch.arange(n)[:, None, None, None]
-    out = padded[batch, torch.arange(images.shape[1])[None, :, None, None], rows, cols]
-    if flip:
-        flip_mask = torch.rand(n, generator=generator) < 0.5
-        out[flip_mask] = out[flip_mask].flip(-1)
-    return out
+    return apply_crop_flip(images, padding, *draw_crop_flip(images.shape[0], padding, flip, generator))
 
 
 def denormalise(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .config import Config, to_dict
-from .data import dataset_info, denormalise
+from .data import apply_crop_flip, dataset_info, denormalise, draw_crop_flip
 from .errors import UserError
 from .memory import SyntheticMemory
 from .losses import (
@@ -143,7 +143,8 @@ class Distiller:
         self.teacher_forward = torch.compile(self.teacher) if config.compile else self.teacher
 
         loss = config.loss
-        self.bn_statistics = BatchNormStatistics(self.teacher, loss.bn_normalized) if loss.bn > 0 else None
+        self.bn_statistics = (BatchNormStatistics(self.teacher, loss.bn_normalized, loss.bn_first_layer_weight)
+                              if loss.bn > 0 else None)
         if self.bn_statistics is not None and self.bn_statistics.num_layers == 0:
             raise UserError(f"loss.bn > 0 needs a teacher with BatchNorm layers, and {config.teacher.arch} has none; "
                             "use a *_bn teacher or --set loss.bn=0")
@@ -183,7 +184,11 @@ class Distiller:
 
     def _new_generator_optimizer(self) -> torch.optim.Optimizer:
         g = self.config.generator
-        groups = [{"params": list(self.generator.parameters())}]
+        embeddings = self.generator.class_embedding_parameters()
+        embedding_ids = {id(p) for p in embeddings}
+        groups = [{"params": [p for p in self.generator.parameters() if id(p) not in embedding_ids]}]
+        if embeddings:
+            groups.append({"params": embeddings, "lr_scale": g.embedding_lr_scale})
         head_params = [p for p in self.projection_head.parameters() if p.requires_grad]
         if head_params:
             groups.append({"params": head_params})
@@ -213,6 +218,14 @@ class Distiller:
         z, y = self.sample_noise()
         with self.precision.autocast():
             return self.generator(z, y), y
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """Random crops (padding 1/8 of the side) and flips for a student step. They are drawn for the whole
+        global batch from the noise stream (identical on every rank, checkpointed); each rank applies its rows."""
+        padding = self.info.image_size // 8
+        draws = draw_crop_flip(self.config.distill.batch_size, padding, self.info.flip, self.noise_rng)
+        mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        return apply_crop_flip(images, padding, *(d[mine] for d in draws))
 
     def _pseudo_labels(self, y: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """The conditional generator's own labels; an unconditional one borrows the teacher's argmax."""
@@ -276,6 +289,8 @@ class Distiller:
         cfg, w = self.config, self.config.loss
         self.student.train()
         images, y = self.synthetic_batch()
+        if cfg.distill.augment:
+            images = self.augment(images)
         taps = self.teacher_taps is not None
         with torch.no_grad(), self.precision.autocast():
             if taps:

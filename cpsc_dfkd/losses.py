@@ -118,17 +118,19 @@ class BatchNormStatistics:
     running std, variance ratio minus one). DeepInversion's raw form depends on the teacher's
     activation scale: a LeNet whose BN inputs have variance ~30 gives a loss of ~140 on *real*
     batches, which then drowns every other generator term; the normalised form is ~1 there.
+
+    ``first_layer_weight`` multiplies the first BN layer's term (DeepInversion uses 10): the first
+    layer sees the pixels, so its statistics say most about what natural images look like.
     """
 
-    def __init__(self, model: nn.Module, normalized: bool = False):
+    def __init__(self, model: nn.Module, normalized: bool = False, first_layer_weight: float = 1.0):
         self.active = False
         self.normalized = normalized
         self._terms: list[torch.Tensor] = []
-        self._handles = [
-            module.register_forward_hook(self._hook)
-            for module in model.modules()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
-        ]
+        layers = [m for m in model.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self._weights = {id(m): (first_layer_weight if i == 0 else 1.0) for i, m in enumerate(layers)}
+        self._handles = [module.register_forward_hook(self._hook) for module in layers]
 
     @property
     def num_layers(self) -> int:
@@ -147,7 +149,7 @@ class BatchNormStatistics:
                 torch.norm(var / (module.running_var + module.eps) - 1, 2)
         else:
             term = torch.norm(mean - module.running_mean, 2) + torch.norm(var - module.running_var, 2)
-        self._terms.append(term)
+        self._terms.append(self._weights[id(module)] * term)
 
     def loss(self) -> torch.Tensor:
         """Sum over layers for the forward passes since the last call; clears the record."""

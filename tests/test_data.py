@@ -100,6 +100,17 @@ def test_random_crop_flip_keeps_shape_and_moves_content():
     assert not torch.equal(out, images)
 
 
+def test_crop_flip_moves_each_image_by_its_own_offset_and_mirrors_the_flipped_ones():
+    images = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    dy, dx, flips = torch.tensor([1, 0]), torch.tensor([0, 2]), torch.tensor([False, True])
+    out = data.apply_crop_flip(images, 1, dy, dx, flips)
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
+    assert torch.equal(out[0], padded[0, :, 1:5, 0:4])  # shifted right by one pixel: a zero column enters
+    assert torch.equal(out[1], padded[1, :, 0:4, 2:6].flip(-1))
+    assert torch.equal(data.apply_crop_flip(images, 1, torch.ones(2, dtype=torch.long), torch.ones(2, dtype=torch.long),
+                                            torch.zeros(2, dtype=torch.bool)), images)  # centred crop: unchanged
+
+
 def test_debian_fashion_mnist_when_installed():
     folder = data.locate("fashion-mnist", "test")
     if folder is None:

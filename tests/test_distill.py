@@ -56,6 +56,38 @@ def test_adam_state_accumulates_across_generator_steps_unless_reference_behaviou
     assert int(next(iter(ref.generator_optimizer.state.values()))["step"]) == 1
 
 
+def test_class_embeddings_learn_at_their_own_rate(digits_teacher):
+    d = make_distiller(digits_teacher, "generator.embedding_lr_scale=10", "generator.schedule=constant")
+    d._apply_learning_rates()
+    embedding_ids = {id(p) for p in d.generator.class_embedding_parameters()}
+    assert len(embedding_ids) == 2 * 4  # scale and shift of each conditional BN (3 hidden + output)
+    rates = {id(p): group["lr"] for group in d.generator_optimizer.param_groups for p in group["params"]}
+    base = d.config.generator.lr
+    assert all(rates[i] == pytest.approx(10 * base) for i in embedding_ids)
+    assert all(rate == pytest.approx(base) for i, rate in rates.items() if i not in embedding_ids)
+    unconditional = make_distiller(digits_teacher, "generator.conditional=false")
+    assert unconditional.generator.class_embedding_parameters() == []
+    assert len(unconditional.generator_optimizer.param_groups) == 2  # generator, projection head
+
+
+def test_student_step_augments_synthetic_images_and_the_teacher_labels_the_augmented_ones(digits_teacher):
+    from cpsc_dfkd.data import apply_crop_flip, draw_crop_flip
+
+    seen = []
+    d = make_distiller(digits_teacher, "distill.augment=true", "distill.memory_batches=0")
+    d.teacher_forward = lambda images, **kw: (seen.append(images.clone()), d.teacher(images, **kw))[1]
+    d.noise_rng.manual_seed(5)
+    d.student_step()
+    d.noise_rng.manual_seed(5)  # replay the same stream: the noise, then the crops
+    z, y = d.sample_noise()
+    padding = d.info.image_size // 8
+    draws = draw_crop_flip(d.config.distill.batch_size, padding, d.info.flip, d.noise_rng)
+    with torch.no_grad():
+        plain = d.generator(z, y)
+    assert not torch.allclose(seen[0], plain)
+    assert torch.allclose(seen[0], apply_crop_flip(plain, padding, *draws), atol=1e-6)
+
+
 def test_projection_head_is_trained_when_feature_sizes_differ(digits_teacher):
     d = make_distiller(digits_teacher)
     assert isinstance(d.projection_head, torch.nn.Linear)  # LeNet-5 84 features vs half 42
@@ -155,9 +187,11 @@ class StopAt(Callback):
             distiller.request_stop()
 
 
-@pytest.mark.parametrize("memory", [0, 3])
-def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(digits_teacher, tmp_path, memory):
-    overrides = ["distill.iterations=6", "distill.checkpoint_every=100", f"distill.memory_batches={memory}"]
+@pytest.mark.parametrize("memory, augment", [(0, False), (3, True)])
+def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(digits_teacher, tmp_path, memory,
+                                                                               augment):
+    overrides = ["distill.iterations=6", "distill.checkpoint_every=100", f"distill.memory_batches={memory}",
+                 f"distill.augment={str(augment).lower()}"]
     config = tiny_config(*overrides, teacher=digits_teacher)
     run_distillation(config, tmp_path / "straight", progress=False, log=lambda m: None)
     stopped = run_distillation(config, tmp_path / "split", callbacks=[StopAt(3)], progress=False, log=lambda m: None)

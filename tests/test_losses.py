@@ -110,6 +110,17 @@ def test_bn_statistics_loss_is_the_sum_of_mean_and_variance_gaps():
     assert hooks.loss().item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_bn_statistics_first_layer_weight_scales_only_the_first_layer():
+    model = nn.Sequential(nn.BatchNorm2d(1), nn.BatchNorm2d(1)).eval()  # running mean 0, var 1; eval: identity
+    x = torch.zeros(4, 1, 3, 3)  # each layer: mean gap 0, variance gap 1
+    for weight, expected in ((1.0, 2.0), (10.0, 11.0)):
+        hooks = BatchNormStatistics(model, first_layer_weight=weight)
+        hooks.active = True
+        model(x)
+        assert hooks.loss().item() == pytest.approx(expected, rel=1e-4)
+        hooks.remove()
+
+
 def test_bn_statistics_record_nothing_while_inactive():
     model = nn.Sequential(nn.BatchNorm2d(2)).eval()
     hooks = BatchNormStatistics(model)

@@ -78,6 +78,10 @@ class _Generator(nn.Module):
             x = F.leaky_relu(norm(conv(x), y), 0.2)
         return self.norm_out(torch.tanh(self.to_image(x)), y)
 
+    def class_embedding_parameters(self) -> list[nn.Parameter]:
+        """The per-class scale and shift tables (empty for the unconditional generator)."""
+        return [p for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()]
+
 
 class ConditionalGenerator(_Generator):
     """G(z, y): CPSC-DFKD's class-conditional generator with per-class conditional batch norm."""
