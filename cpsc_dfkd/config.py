@@ -65,6 +65,10 @@ class GeneratorConfig:
     # only place the label enters G; Adam moves each weight by about lr per step, so at lr 1e-3 the classes
     # stay nearly alike for hundreds of steps. 1 = the reference code.
     embedding_lr_scale: float = 1.0
+    # DeepInversion's jitter: the teacher and student see random crops and flips of each synthetic batch in the
+    # generator step, so images must be recognised wherever they sit, as real objects are (the memory keeps
+    # the images as made).
+    jitter: bool = False
     # Reference-code defect, kept as an option for measurement: a fresh Adam at every G step.
     reset_optimizer_each_step: bool = False
 
@@ -83,6 +87,8 @@ class LossConfig:
     bn_first_layer_weight: float = 1.0  # weight of the first BN layer's gap (DeepInversion uses 10)
     scl: float = 0.7  # gamma: pseudo-supervised contrast, SupCon on teacher/student features (G step)
     ce: float = 0.7  # eta: pseudo cross-entropy on the generator's labels (both steps)
+    # Not in the paper: mode seeking (Mao et al. 2019) against a class collapsing onto one image (G step).
+    diversity: float = 0.0
     scl_temperature: float = 0.07
     kd_temperature: float = 1.0
     one_hot: float = 0.0  # DAFL: CE of the teacher against its own argmax (G step)

@@ -44,6 +44,7 @@ from .losses import (
     attention_transfer_loss,
     ikd_loss,
     information_entropy_loss,
+    mode_seeking_loss,
     one_hot_loss,
     pseudo_cross_entropy,
     supervised_contrastive_loss,
@@ -220,8 +221,9 @@ class Distiller:
             return self.generator(z, y), y
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
-        """Random crops (padding 1/8 of the side) and flips for a student step. They are drawn for the whole
-        global batch from the noise stream (identical on every rank, checkpointed); each rank applies its rows."""
+        """Random crops (padding 1/8 of the side) and flips, for the student step and the generator's jitter.
+        They are drawn for the whole global batch from the noise stream (identical on every rank,
+        checkpointed); each rank applies its own rows."""
         padding = self.info.image_size // 8
         draws = draw_crop_flip(self.config.distill.batch_size, padding, self.info.flip, self.noise_rng)
         mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
@@ -247,8 +249,9 @@ class Distiller:
             images = self.generator_train(z, y)
             if self.memory is not None:
                 self.memory.add(images)
-            t_logits, t_features = self.teacher_forward(images, return_features=True)
-            s_logits, s_features = self.student_forward(images, return_features=True)
+            seen = self.augment(images) if cfg.generator.jitter else images
+            t_logits, t_features = self.teacher_forward(seen, return_features=True)
+            s_logits, s_features = self.student_forward(seen, return_features=True)
         if self.bn_statistics is not None:
             self.bn_statistics.active = False
         self.student.requires_grad_(True)
@@ -268,6 +271,8 @@ class Distiller:
             terms["g_scl"] = w.scl * supervised_contrastive_loss(views, labels, w.scl_temperature)
         if w.ce:
             terms["g_ce"] = w.ce * pseudo_cross_entropy(t_logits, labels, on_softmax=w.ce_on_softmax)
+        if w.diversity:
+            terms["g_diversity"] = w.diversity * mode_seeking_loss(images.float(), z, self.info.num_classes)
         if w.one_hot:
             terms["g_one_hot"] = w.one_hot * one_hot_loss(t_logits)
         if w.activation:

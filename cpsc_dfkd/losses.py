@@ -67,6 +67,20 @@ def supervised_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, te
     return -(positive_log_prob / positives.sum(1).clamp(min=1)).mean()
 
 
+def mode_seeking_loss(images: torch.Tensor, noise: torch.Tensor, period: int, eps: float = 1e-5) -> torch.Tensor:
+    """Mode seeking (Mao et al. 2019): 1 / (image distance / noise distance) over pairs made for the same class.
+
+    Rows ``i`` and ``i + period`` of a batch share a label (labels cycle with the number of classes), so
+    they are the pairs. The loss is small when different noise gives different images, i.e. when the
+    generator does not collapse a class onto one image.
+    """
+    if images.shape[0] <= period:
+        raise ValueError(f"mode seeking needs more than {period} rows per batch (one pair per class)")
+    image_gap = (images[period:] - images[:-period]).abs().flatten(1).mean(1)
+    noise_gap = (noise[period:] - noise[:-period]).abs().mean(1)
+    return 1.0 / ((image_gap / noise_gap).mean() + eps)
+
+
 def one_hot_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
     """DAFL: the teacher should be confident, i.e. agree with its own argmax."""
     return F.cross_entropy(teacher_logits, teacher_logits.argmax(1))

@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import UserError
 
-_NO_CPSC_TERMS = {"adv": 0.0, "ikd": 0.0, "bn": 0.0, "scl": 0.0, "ce": 0.0}
+_NO_CPSC_TERMS = {"adv": 0.0, "ikd": 0.0, "bn": 0.0, "scl": 0.0, "ce": 0.0, "diversity": 0.0}
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,23 @@ def test_student_step_augments_synthetic_images_and_the_teacher_labels_the_augme
     assert torch.allclose(seen[0], apply_crop_flip(plain, padding, *draws), atol=1e-6)
 
 
+def test_generator_jitter_shows_the_models_crops_and_keeps_the_images_as_made_in_memory(digits_teacher):
+    from cpsc_dfkd.data import apply_crop_flip, draw_crop_flip
+
+    seen = []
+    d = make_distiller(digits_teacher, "generator.jitter=true", "distill.memory_batches=2")
+    d.teacher_forward = lambda images, **kw: (seen.append(images.detach().clone()), d.teacher(images, **kw))[1]
+    d.noise_rng.manual_seed(3)
+    d.generator_step()
+    stored = d.memory.images[0]
+    d.noise_rng.manual_seed(3)
+    d.sample_noise()
+    draws = draw_crop_flip(d.config.distill.batch_size, d.info.image_size // 8, d.info.flip, d.noise_rng)
+    assert torch.allclose(seen[0], apply_crop_flip(stored, d.info.image_size // 8, *draws), atol=1e-6)
+    assert not torch.allclose(seen[0], stored)
+    assert all(p.grad is not None for p in d.generator.parameters() if p.requires_grad)  # crops are differentiable
+
+
 def test_projection_head_is_trained_when_feature_sizes_differ(digits_teacher):
     d = make_distiller(digits_teacher)
     assert isinstance(d.projection_head, torch.nn.Linear)  # LeNet-5 84 features vs half 42

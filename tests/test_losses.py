@@ -17,6 +17,7 @@ from cpsc_dfkd.losses import (
     information_entropy_loss,
     kl_divergence,
     l1_logit_distance,
+    mode_seeking_loss,
     one_hot_loss,
     pseudo_cross_entropy,
     supervised_contrastive_loss,
@@ -127,6 +128,18 @@ def test_bn_statistics_record_nothing_while_inactive():
     model(torch.randn(4, 2, 3, 3))
     with pytest.raises(RuntimeError, match="no BatchNorm statistics"):
         hooks.loss()
+
+
+def test_mode_seeking_loss_is_high_when_a_class_collapses_and_compares_same_class_rows_only():
+    noise = torch.randn(30, 4)
+    varied = torch.randn(30, 1, 4, 4)
+    collapsed_per_class = varied[:10].repeat(3, 1, 1, 1)  # rows i and i + 10 identical: every class one image
+    assert mode_seeking_loss(collapsed_per_class, noise, period=10) > 100 * mode_seeking_loss(varied, noise, 10)
+    # Different classes looking alike is not collapse: only rows 10 apart are compared.
+    one_image_per_row_class = torch.randn(10, 1, 4, 4).repeat_interleave(3, 0)
+    assert mode_seeking_loss(one_image_per_row_class, noise, period=10) < 10
+    with pytest.raises(ValueError, match="more than 10 rows"):
+        mode_seeking_loss(varied[:10], noise[:10], period=10)
 
 
 def test_dafl_terms_have_the_documented_signs():
