@@ -172,7 +172,8 @@ def main(argv=None) -> int:
     report = {"teacher_acc": teacher_acc, "teacher_checkpoint": str(teacher_path), "strongest_baseline": strongest,
               "budget": {"iterations": base.distill.iterations, "s_steps": base.distill.s_steps,
                          "batch_size": base.distill.batch_size},
-              "overrides": overrides, "jobs": workers, "threads_per_run": threads, "total_wall_s": round(time.time() - started, 1), "table_markdown": text,
+              "overrides": overrides, "jobs": workers, "threads_per_run": threads,
+              "total_wall_s": round(time.time() - started, 1), "table_markdown": text,
               "samples_picture": str(picture) if picture else None,
               "runs": {m: [{k: r[k] for k in ("seed", "student_acc", "best_student_acc", "wall_s", "images_per_s",
                                                 "iterations_per_s", "run_dir")} for r in runs]

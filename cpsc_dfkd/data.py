@@ -41,6 +41,11 @@ class DatasetInfo:
     how_to_get: str
     class_names: tuple[str, ...] = ()
 
+    @property
+    def crop_padding(self) -> int:
+        """Padding of the random-crop augmentation (teacher training, student steps, generator jitter)."""
+        return self.image_size // 8
+
 
 _DIGIT_NAMES = tuple(str(i) for i in range(10))
 DATASETS: dict[str, DatasetInfo] = {

@@ -185,7 +185,9 @@ class Distiller:
 
     def _new_generator_optimizer(self) -> torch.optim.Optimizer:
         g = self.config.generator
-        embeddings = self.generator.class_embedding_parameters()
+        # The class embeddings get a group of their own only when their rate differs: with the default the
+        # optimiser (and so every checkpoint's layout) is the one of runs made before the option existed.
+        embeddings = self.generator.class_embedding_parameters() if g.embedding_lr_scale != 1 else []
         embedding_ids = {id(p) for p in embeddings}
         groups = [{"params": [p for p in self.generator.parameters() if id(p) not in embedding_ids]}]
         if embeddings:
@@ -221,10 +223,10 @@ class Distiller:
             return self.generator(z, y), y
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
-        """Random crops (padding 1/8 of the side) and flips, for the student step and the generator's jitter.
-        They are drawn for the whole global batch from the noise stream (identical on every rank,
-        checkpointed); each rank applies its own rows."""
-        padding = self.info.image_size // 8
+        """Random crops and flips, for the student step and the generator's jitter. They are drawn for the
+        whole global batch from the noise stream (identical on every rank, checkpointed); each rank applies
+        its own rows."""
+        padding = self.info.crop_padding
         draws = draw_crop_flip(self.config.distill.batch_size, padding, self.info.flip, self.noise_rng)
         mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
         return apply_crop_flip(images, padding, *(d[mine] for d in draws))

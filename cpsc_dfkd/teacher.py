@@ -84,7 +84,7 @@ def train_teacher(config: Config, out_path: Path | None = None, log: Callable[[s
         running = 0.0
         for images, labels in iterate_batches(train_set, tc.batch_size, shuffle=True, generator=shuffle_rng):
             if tc.augment:
-                images = random_crop_flip(images, padding=info.image_size // 8, flip=info.flip, generator=shuffle_rng)
+                images = random_crop_flip(images, padding=info.crop_padding, flip=info.flip, generator=shuffle_rng)
             images, labels = images.to(device), labels.to(device)
             set_lr(optimizer, lr_at(step, tc.lr, total_steps, warmup_steps=steps_per_epoch // 2))
             with precision.autocast():

@@ -68,6 +68,8 @@ def test_class_embeddings_learn_at_their_own_rate(digits_teacher):
     unconditional = make_distiller(digits_teacher, "generator.conditional=false")
     assert unconditional.generator.class_embedding_parameters() == []
     assert len(unconditional.generator_optimizer.param_groups) == 2  # generator, projection head
+    default = make_distiller(digits_teacher)  # scale 1: the optimiser layout of earlier checkpoints
+    assert len(default.generator_optimizer.param_groups) == 2
 
 
 def test_student_step_augments_synthetic_images_and_the_teacher_labels_the_augmented_ones(digits_teacher):
@@ -80,7 +82,7 @@ def test_student_step_augments_synthetic_images_and_the_teacher_labels_the_augme
     d.student_step()
     d.noise_rng.manual_seed(5)  # replay the same stream: the noise, then the crops
     z, y = d.sample_noise()
-    padding = d.info.image_size // 8
+    padding = d.info.crop_padding
     draws = draw_crop_flip(d.config.distill.batch_size, padding, d.info.flip, d.noise_rng)
     with torch.no_grad():
         plain = d.generator(z, y)
@@ -99,8 +101,8 @@ def test_generator_jitter_shows_the_models_crops_and_keeps_the_images_as_made_in
     stored = d.memory.images[0]
     d.noise_rng.manual_seed(3)
     d.sample_noise()
-    draws = draw_crop_flip(d.config.distill.batch_size, d.info.image_size // 8, d.info.flip, d.noise_rng)
-    assert torch.allclose(seen[0], apply_crop_flip(stored, d.info.image_size // 8, *draws), atol=1e-6)
+    draws = draw_crop_flip(d.config.distill.batch_size, d.info.crop_padding, d.info.flip, d.noise_rng)
+    assert torch.allclose(seen[0], apply_crop_flip(stored, d.info.crop_padding, *draws), atol=1e-6)
     assert not torch.allclose(seen[0], stored)
     assert all(p.grad is not None for p in d.generator.parameters() if p.requires_grad)  # crops are differentiable
 
