@@ -86,7 +86,10 @@ class LossConfig:
     bn_normalized: bool = False  # measure BN gaps relative to the running statistics (see losses.py)
     bn_first_layer_weight: float = 1.0  # weight of the first BN layer's gap (DeepInversion uses 10)
     scl: float = 0.7  # gamma: pseudo-supervised contrast, SupCon on teacher/student features (G step)
-    ce: float = 0.7  # eta: pseudo cross-entropy on the generator's labels (both steps)
+    ce: float = 0.7  # eta: pseudo cross-entropy on the generator's labels (G step, and S step unless below)
+    # Weight of the pseudo cross-entropy in the student step; null = the same as ce (the paper). 0 leaves the
+    # student to learn from the teacher's soft labels alone.
+    student_ce: float | None = None
     # Not in the paper: mode seeking (Mao et al. 2019) against a class collapsing onto one image (G step).
     diversity: float = 0.0
     scl_temperature: float = 0.07
@@ -188,6 +191,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
 }
 for _name in ("adv", "kd", "ikd", "bn", "scl", "ce", "one_hot", "activation", "info_entropy", "attention", "tv"):
     _RULES[f"loss.{_name}"] = (lambda v: v >= 0, "a weight >= 0 (0 switches the term off)")
+_RULES["loss.student_ce"] = (lambda v: v is None or v >= 0, "a weight >= 0, or null for the same as loss.ce")
 
 
 def _describe(tp: Any) -> str:

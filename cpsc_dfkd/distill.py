@@ -12,7 +12,9 @@ Generator step (the generator and, if present, the student->teacher projection h
 
 Student step (only the student learns)::
 
-    loss_S = kd * D(t, s) + ikd * MSE(s, t) + ce * CE(s, y) (+ attention transfer for ZSKT)
+    loss_S = kd * D(t, s) + ikd * MSE(s, t) + student_ce * CE(s, y) (+ attention transfer for ZSKT)
+
+(``student_ce`` defaults to ``ce``.)
 
 D is KL(t || s) (or DFAD's L1 on logits). Fixes over the reference code (each an option):
 Adam's state persists across generator steps, cross-entropy takes logits, the projection head is
@@ -315,8 +317,9 @@ class Distiller:
             terms["s_kd"] = w.kd * teacher_student_distance(t_logits, s_logits, w.distance, w.kd_temperature)
         if w.ikd:
             terms["s_ikd"] = w.ikd * ikd_loss(s_logits, t_logits)
-        if w.ce:
-            terms["s_ce"] = w.ce * pseudo_cross_entropy(s_logits, labels, on_softmax=w.ce_on_softmax)
+        student_ce = w.ce if w.student_ce is None else w.student_ce
+        if student_ce:
+            terms["s_ce"] = student_ce * pseudo_cross_entropy(s_logits, labels, on_softmax=w.ce_on_softmax)
         if taps:
             self.student_taps.active = False
             terms["s_attention"] = w.attention * attention_transfer_loss(self.student_taps.take(),

@@ -107,6 +107,18 @@ def test_generator_jitter_shows_the_models_crops_and_keeps_the_images_as_made_in
     assert all(p.grad is not None for p in d.generator.parameters() if p.requires_grad)  # crops are differentiable
 
 
+def test_student_step_cross_entropy_has_its_own_weight_which_defaults_to_the_generators(digits_teacher):
+    def student_terms(*overrides):
+        d = make_distiller(digits_teacher, "loss.ce=0.5", *overrides)
+        d.noise_rng.manual_seed(7)
+        return d.student_step()
+
+    same, own, off = student_terms(), student_terms("loss.student_ce=1.5"), student_terms("loss.student_ce=0")
+    assert torch.allclose(own["s_ce"], same["s_ce"] * 3)  # same images (same seed), three times the weight
+    assert "s_ce" not in off
+    assert torch.allclose(off["s_total"], same["s_total"] - same["s_ce"])
+
+
 def test_projection_head_is_trained_when_feature_sizes_differ(digits_teacher):
     d = make_distiller(digits_teacher)
     assert isinstance(d.projection_head, torch.nn.Linear)  # LeNet-5 84 features vs half 42
