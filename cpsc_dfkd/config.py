@@ -128,6 +128,10 @@ class DistillConfig:
     # Random crops (and flips where the data set allows) of the synthetic images of each student step. The
     # teacher labels the augmented image, so every crop is a new, correctly labelled input for free.
     augment: bool = False
+    # Fraction of the student's synthetic images replaced by a mix of two (mixup with a uniform weight; the
+    # teacher labels the mix). Generated images sit deep inside their class; mixes fill the space between
+    # classes, where the teacher's soft labels carry most information. 0 = off.
+    mixup: float = 0.0
     log_every: int = 10
     eval_every: int = 50
     sample_every: int = 50
@@ -182,6 +186,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "distill.warmup_iterations": (lambda v: v >= 0, "an integer >= 0"),
     "distill.generator_warmup": (lambda v: v >= 0, "an integer >= 0"),
     "distill.memory_batches": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "distill.mixup": (lambda v: 0 <= v <= 1, "a fraction between 0 and 1 (0 = off)"),
     "distill.log_every": (lambda v: v >= 1, "an integer >= 1"),
     "distill.eval_every": (lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
     "distill.sample_every": (lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),

@@ -233,6 +233,18 @@ class Distiller:
         mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
         return apply_crop_flip(images, padding, *(d[mine] for d in draws))
 
+    def mix(self, images: torch.Tensor) -> torch.Tensor:
+        """Mixup for the student step: a ``distill.mixup`` share of the rows becomes
+        ``w * image + (1 - w) * partner`` with ``w ~ U(0, 1)`` and a random partner from the same rank's
+        rows. Drawn for the global batch from the noise stream, like the crops; each rank applies its rows."""
+        n = self.config.distill.batch_size
+        mixed = torch.rand(n, generator=self.noise_rng) < self.config.distill.mixup
+        weight = torch.rand(n, generator=self.noise_rng)
+        partner = torch.randperm(self.local_batch, generator=self.noise_rng)[:images.shape[0]]
+        w = torch.where(self._share(mixed), self._share(weight), torch.ones((), device=self.device))
+        w = w.to(images.dtype).view(-1, *([1] * (images.dim() - 1)))
+        return w * images + (1 - w) * images[partner.to(images.device)]
+
     def _pseudo_labels(self, y: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """The conditional generator's own labels; an unconditional one borrows the teacher's argmax."""
         return y if self.generator.conditional else teacher_logits.detach().argmax(1)
@@ -300,6 +312,8 @@ class Distiller:
         images, y = self.synthetic_batch()
         if cfg.distill.augment:
             images = self.augment(images)
+        if cfg.distill.mixup:  # the pseudo-label of a mix stays its first image's (only the student CE uses it)
+            images = self.mix(images)
         taps = self.teacher_taps is not None
         with torch.no_grad(), self.precision.autocast():
             if taps:

@@ -90,6 +90,26 @@ def test_student_step_augments_synthetic_images_and_the_teacher_labels_the_augme
     assert torch.allclose(seen[0], apply_crop_flip(plain, padding, *draws), atol=1e-6)
 
 
+def test_student_step_mixes_a_share_of_the_images_and_the_teacher_labels_the_mixes(digits_teacher):
+    seen = []
+    d = make_distiller(digits_teacher, "distill.mixup=0.5", "distill.memory_batches=0", "distill.augment=false")
+    d.teacher_forward = lambda images, **kw: (seen.append(images.clone()), d.teacher(images, **kw))[1]
+    d.noise_rng.manual_seed(5)
+    d.student_step()
+    d.noise_rng.manual_seed(5)  # replay the stream: the noise, then which rows mix, their weights, partners
+    z, y = d.sample_noise()
+    n = d.config.distill.batch_size
+    mixed = torch.rand(n, generator=d.noise_rng) < 0.5
+    weight = torch.rand(n, generator=d.noise_rng)
+    partner = torch.randperm(n, generator=d.noise_rng)
+    with torch.no_grad():
+        plain = d.generator(z, y)
+    w = torch.where(mixed, weight, torch.ones(())).view(-1, 1, 1, 1)
+    assert 0 < mixed.sum() < n
+    assert torch.allclose(seen[0], w * plain + (1 - w) * plain[partner], atol=1e-6)
+    assert torch.equal(seen[0][~mixed], plain[~mixed])
+
+
 def test_generator_jitter_shows_the_models_crops_and_keeps_the_images_as_made_in_memory(digits_teacher):
     from cpsc_dfkd.data import apply_crop_flip, draw_crop_flip
 
@@ -218,11 +238,11 @@ class StopAt(Callback):
             distiller.request_stop()
 
 
-@pytest.mark.parametrize("memory, augment", [(0, False), (3, True)])
+@pytest.mark.parametrize("memory, augment, mixup", [(0, False, 0.0), (3, True, 0.5)])
 def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(digits_teacher, tmp_path, memory,
-                                                                               augment):
+                                                                               augment, mixup):
     overrides = ["distill.iterations=6", "distill.checkpoint_every=100", f"distill.memory_batches={memory}",
-                 f"distill.augment={str(augment).lower()}"]
+                 f"distill.augment={str(augment).lower()}", f"distill.mixup={mixup}"]
     config = tiny_config(*overrides, teacher=digits_teacher)
     run_distillation(config, tmp_path / "straight", progress=False, log=lambda m: None)
     stopped = run_distillation(config, tmp_path / "split", callbacks=[StopAt(3)], progress=False, log=lambda m: None)
