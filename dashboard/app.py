@@ -39,7 +39,8 @@ LOSS_HELP = {
     "ikd": "alpha: logit MSE between teacher and student (adversarial in the G step, minimised in the S step)",
     "bn": "beta: match the teacher's BatchNorm running statistics (keeps images near the data manifold)",
     "scl": "gamma: pseudo-supervised contrast (SupCon) on teacher and student features, labels from the generator",
-    "ce": "eta: pseudo cross-entropy toward the class the generator was asked for (both steps)",
+    "ce": "eta: pseudo cross-entropy toward the class the generator was asked for (generator step; the student "
+          "step too unless loss.student_ce is set under More overrides)",
 }
 LOSS_WEIGHTS = list(LOSS_HELP)
 LIVE = ("running", "paused", "starting")
