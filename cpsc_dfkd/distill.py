@@ -240,9 +240,8 @@ class Distiller:
         n = self.config.distill.batch_size
         mixed = torch.rand(n, generator=self.noise_rng) < self.config.distill.mixup
         weight = torch.rand(n, generator=self.noise_rng)
-        partner = torch.randperm(self.local_batch, generator=self.noise_rng)[:images.shape[0]]
-        w = torch.where(self._share(mixed), self._share(weight), torch.ones((), device=self.device))
-        w = w.to(images.dtype).view(-1, *([1] * (images.dim() - 1)))
+        partner = torch.randperm(self.local_batch, generator=self.noise_rng)
+        w = self._share(torch.where(mixed, weight, 1.0)).to(images.dtype).view(-1, *([1] * (images.dim() - 1)))
         return w * images + (1 - w) * images[partner.to(images.device)]
 
     def _pseudo_labels(self, y: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
