@@ -8,6 +8,7 @@ writes ``results.json``, per-run directories, and a picture of per-class samples
     python benchmarks/fashion_mnist.py                # the full benchmark (long: see --help)
     python benchmarks/fashion_mnist.py --quick        # a few iterations, proves the script runs (CI)
     python benchmarks/fashion_mnist.py --jobs 2       # two runs at a time, one CPU thread each
+    python benchmarks/fashion_mnist.py --jobs 2 --ablation-seeds 3   # and 3 seeds per ablation
 
 With ``--jobs N`` each run gets ``--threads`` CPU threads (default: cores / N). The wall time in the
 table is then the time of a run that shared the machine, so it overstates a solo run's time.
@@ -42,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a few iterations and a 1-epoch teacher (CI smoke run)")
     p.add_argument("--iterations", type=int, help="iterations per run (default: the fashion-mnist preset's)")
     p.add_argument("--seeds", type=int, default=3, help="seeds for CPSC-DFKD and the strongest baseline")
+    p.add_argument("--ablation-seeds", type=int, default=1,
+                   help="seeds for each ablation (1 by default: an ablation's effect is then measured against "
+                        "CPSC-DFKD's seed spread)")
     p.add_argument("--methods", nargs="*", help=f"subset of methods (default: all of {', '.join(RECIPES)})")
     p.add_argument("--out", default="benchmarks/results/fashion-mnist", help="where runs and results go")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -49,7 +53,11 @@ def parse_args(argv=None):
     p.add_argument("--data-root", help="folder with Fashion-MNIST (default search order, see README)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each in its own process)")
     p.add_argument("--threads", type=int, help="CPU threads per run (default: cores / jobs)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, value in (("--seeds", args.seeds), ("--ablation-seeds", args.ablation_seeds)):
+        if value < 1:
+            p.error(f"{flag} must be at least 1, got {value}")
+    return args
 
 
 def _limit_threads(threads: int) -> None:
@@ -79,6 +87,15 @@ def run_one(method: str, seed: int, overrides: list[str], out: Path, extra: dict
     summary = run_distillation(config, run_dir, resume=resume, progress=False, log=lambda message: None)
     print(f"  {method} seed {seed}: student {summary['student_acc']:.2f}% in {summary['wall_s']:.0f}s", flush=True)
     return summary
+
+
+def first_wave(methods: list[str], seeds: int, ablation_seeds: int) -> list[tuple[str, int]]:
+    """(method, seed) runs made before the strongest baseline is known: every method with seed 0, CPSC-DFKD
+    with ``seeds`` seeds and each ablation with ``ablation_seeds``."""
+    runs = [(m, 0) for m in methods]
+    runs += [("cpsc-dfkd", s) for s in range(1, seeds) if "cpsc-dfkd" in methods]
+    runs += [(m, s) for m in methods if m in ABLATIONS for s in range(1, ablation_seeds)]
+    return runs
 
 
 def mean_std(values: list[float]) -> str:
@@ -143,6 +160,7 @@ def main(argv=None) -> int:
     extra = {"data": {"root": args.data_root}} if args.data_root else None
     methods = args.methods or list(RECIPES)
     seeds = 1 if args.quick else args.seeds
+    ablation_seeds = 1 if args.quick else args.ablation_seeds
 
     base = resolve("fashion-mnist", overrides, extra)
     teacher, meta, teacher_path = obtain_teacher(base)
@@ -155,8 +173,9 @@ def main(argv=None) -> int:
     started = time.time()
     workers = max(1, args.jobs)
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
-    # First wave: every method once, plus CPSC-DFKD's extra seeds; then the strongest baseline's extra seeds.
-    first = [(m, 0) for m in methods] + [("cpsc-dfkd", s) for s in range(1, seeds) if "cpsc-dfkd" in methods]
+    # First wave: every method once, plus the extra seeds of CPSC-DFKD and the ablations; then the strongest
+    # baseline's extra seeds.
+    first = first_wave(methods, seeds, ablation_seeds)
     results: dict[str, list[dict]] = {}
     for (method, _), summary in zip(first, run_many(first, overrides, out, extra, workers, threads)):
         results.setdefault(method, []).append(summary)
@@ -170,6 +189,7 @@ def main(argv=None) -> int:
     print("\n" + text)
     picture = samples_picture(results, out)
     report = {"teacher_acc": teacher_acc, "teacher_checkpoint": str(teacher_path), "strongest_baseline": strongest,
+              "ablation_seeds": ablation_seeds,
               "budget": {"iterations": base.distill.iterations, "s_steps": base.distill.s_steps,
                          "batch_size": base.distill.batch_size},
               "overrides": overrides, "jobs": workers, "threads_per_run": threads,

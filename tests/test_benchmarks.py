@@ -1,6 +1,7 @@
 """The benchmark scripts still run (quick modes); their figures are for people, not for assertions."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +12,29 @@ import pytest
 from cpsc_dfkd import data
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_fashion_mnist_benchmark():
+    spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark", ROOT / "benchmarks" / "fashion_mnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_seeds_give_every_ablation_and_only_the_ablations_extra_seeds():
+    bench = _load_fashion_mnist_benchmark()
+    methods = ["cpsc-dfkd", "dafl", "deepinversion", "cpsc-no-scl", "cpsc-no-bn"]
+    runs = bench.first_wave(methods, seeds=3, ablation_seeds=2)
+    assert sorted(runs) == sorted([(m, 0) for m in methods] + [("cpsc-dfkd", 1), ("cpsc-dfkd", 2),
+                                                               ("cpsc-no-scl", 1), ("cpsc-no-bn", 1)])
+    assert bench.first_wave(methods, seeds=1, ablation_seeds=1) == [(m, 0) for m in methods]
+
+
+def test_benchmark_rejects_fewer_than_one_seed_by_name(capsys):
+    bench = _load_fashion_mnist_benchmark()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--ablation-seeds", "0"])
+    assert "--ablation-seeds must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(data.locate("fashion-mnist", "test") is None or data.locate("fashion-mnist", "train") is None,
