@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from cpsc_dfkd.config import resolve
+from cpsc_dfkd.distill import NonFiniteLoss
 from cpsc_dfkd.experiment import run_distillation
 from cpsc_dfkd.methods import RECIPES, list_methods
 from cpsc_dfkd.teacher import obtain_teacher
@@ -84,7 +85,12 @@ def run_one(method: str, seed: int, overrides: list[str], out: Path, extra: dict
     resume = (run_dir / "checkpoints" / "last.pt").exists()  # interrupted earlier: continue from its checkpoint
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
-    summary = run_distillation(config, run_dir, resume=resume, progress=False, log=lambda message: None)
+    try:
+        summary = run_distillation(config, run_dir, resume=resume, progress=False, log=lambda message: None)
+    except NonFiniteLoss as error:  # a result of the method, not a crash of the benchmark: report it, go on
+        print(f"  {method} seed {seed}: diverged: {error}", flush=True)
+        return {"seed": seed, "run_dir": str(run_dir), "diverged": str(error), "student_acc": None,
+                "best_student_acc": None, "wall_s": None, "images_per_s": None, "iterations_per_s": None}
     print(f"  {method} seed {seed}: student {summary['student_acc']:.2f}% in {summary['wall_s']:.0f}s", flush=True)
     return summary
 
@@ -104,18 +110,32 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def finished(runs: list[dict]) -> list[dict]:
+    """The runs that did not diverge."""
+    return [r for r in runs if r.get("diverged") is None]
+
+
 def table(results: dict[str, list[dict]], teacher_acc: float) -> str:
+    """One row per method: mean ± std over its finished seeds; diverged seeds are counted, not averaged."""
     lines = ["| method | kind | student acc % | % of teacher | seeds | wall time per run | images/s | iterations/s |",
              "|---|---|---|---|---|---|---|---|"]
-    order = sorted(results, key=lambda m: -statistics.mean(r["student_acc"] for r in results[m]))
+    def mean_acc(method: str) -> float:
+        done = finished(results[method])
+        return statistics.mean(r["student_acc"] for r in done) if done else -1.0
+
+    order = sorted(results, key=mean_acc, reverse=True)
     for method in order:
-        runs = results[method]
-        accs = [r["student_acc"] for r in runs]
-        wall = statistics.mean(r["wall_s"] for r in runs)
+        runs, done = results[method], finished(results[method])
+        seeds = f"{len(runs)}" + (f" ({len(runs) - len(done)} diverged)" if len(done) < len(runs) else "")
+        if not done:
+            lines.append(f"| {method} | {RECIPES[method].kind} | diverged | - | {seeds} | - | - | - |")
+            continue
+        accs = [r["student_acc"] for r in done]
+        wall = statistics.mean(r["wall_s"] for r in done)
         lines.append(f"| {method} | {RECIPES[method].kind} | {mean_std(accs)} | "
-                     f"{100 * statistics.mean(accs) / teacher_acc:.1f} | {len(runs)} | {wall / 60:.1f} min | "
-                     f"{statistics.mean(r['images_per_s'] for r in runs):.0f} | "
-                     f"{statistics.mean(r['iterations_per_s'] for r in runs):.2f} |")
+                     f"{100 * statistics.mean(accs) / teacher_acc:.1f} | {seeds} | {wall / 60:.1f} min | "
+                     f"{statistics.mean(r['images_per_s'] for r in done):.0f} | "
+                     f"{statistics.mean(r['iterations_per_s'] for r in done):.2f} |")
     for name, acc in PUBLISHED.items():
         lines.append(f"| {name} | reference | {acc:.2f} | {100 * acc / teacher_acc:.1f} | - | - | - | - |")
     return "\n".join(lines)
@@ -180,7 +200,7 @@ def main(argv=None) -> int:
     for (method, _), summary in zip(first, run_many(first, overrides, out, extra, workers, threads)):
         results.setdefault(method, []).append(summary)
     baselines = [m for m in methods if m in BASELINES]
-    strongest = max(baselines, key=lambda m: results[m][0]["student_acc"]) if baselines else None
+    strongest = max(baselines, key=lambda m: results[m][0]["student_acc"] or -1.0) if baselines else None
     if strongest:
         second = [(strongest, s) for s in range(1, seeds)]
         results[strongest] += run_many(second, overrides, out, extra, workers, threads)
@@ -195,8 +215,8 @@ def main(argv=None) -> int:
               "overrides": overrides, "jobs": workers, "threads_per_run": threads,
               "total_wall_s": round(time.time() - started, 1), "table_markdown": text,
               "samples_picture": str(picture) if picture else None,
-              "runs": {m: [{k: r[k] for k in ("seed", "student_acc", "best_student_acc", "wall_s", "images_per_s",
-                                                "iterations_per_s", "run_dir")} for r in runs]
+              "runs": {m: [{k: r.get(k) for k in ("seed", "student_acc", "best_student_acc", "wall_s", "images_per_s",
+                                                    "iterations_per_s", "run_dir", "diverged")} for r in runs]
                        for m, runs in results.items()}}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     print(f"\nresults: {out / 'results.json'}" + (f", samples: {picture}" if picture else ""))

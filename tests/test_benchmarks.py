@@ -30,6 +30,19 @@ def test_ablation_seeds_give_every_ablation_and_only_the_ablations_extra_seeds()
     assert bench.first_wave(methods, seeds=1, ablation_seeds=1) == [(m, 0) for m in methods]
 
 
+def test_table_counts_a_diverged_seed_and_averages_the_finished_ones():
+    bench = _load_fashion_mnist_benchmark()
+    run = {"wall_s": 60.0, "images_per_s": 100.0, "iterations_per_s": 1.0}
+    diverged = {"diverged": "loss term 'g_adv' became non-finite", "student_acc": None}
+    text = bench.table({"cpsc-no-bn": [{**run, "student_acc": 10.0}, diverged],
+                        "cpsc-dfkd": [{**run, "student_acc": 80.0}, {**run, "student_acc": 82.0}],
+                        "dfad": [diverged]}, teacher_acc=90.0)
+    rows = [line for line in text.splitlines() if line.startswith("| cpsc") or line.startswith("| dfad")]
+    assert rows[0].startswith("| cpsc-dfkd | method | 81.00 ± 1.41 | 90.0 | 2 |")
+    assert rows[1].startswith("| cpsc-no-bn | ablation | 10.00 | 11.1 | 2 (1 diverged) | 1.0 min |")
+    assert rows[2] == "| dfad | baseline | diverged | - | 1 (1 diverged) | - | - | - |"
+
+
 def test_benchmark_rejects_fewer_than_one_seed_by_name(capsys):
     bench = _load_fashion_mnist_benchmark()
     with pytest.raises(SystemExit):
