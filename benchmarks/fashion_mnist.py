@@ -119,13 +119,11 @@ def table(results: dict[str, list[dict]], teacher_acc: float) -> str:
     """One row per method: mean ± std over its finished seeds; diverged seeds are counted, not averaged."""
     lines = ["| method | kind | student acc % | % of teacher | seeds | wall time per run | images/s | iterations/s |",
              "|---|---|---|---|---|---|---|---|"]
-    def mean_acc(method: str) -> float:
-        done = finished(results[method])
-        return statistics.mean(r["student_acc"] for r in done) if done else -1.0
-
-    order = sorted(results, key=mean_acc, reverse=True)
+    done_runs = {method: finished(runs) for method, runs in results.items()}
+    order = sorted(results, reverse=True, key=lambda m: statistics.mean(r["student_acc"] for r in done_runs[m])
+                   if done_runs[m] else -1.0)
     for method in order:
-        runs, done = results[method], finished(results[method])
+        runs, done = results[method], done_runs[method]
         seeds = f"{len(runs)}" + (f" ({len(runs) - len(done)} diverged)" if len(done) < len(runs) else "")
         if not done:
             lines.append(f"| {method} | {RECIPES[method].kind} | diverged | - | {seeds} | - | - | - |")
