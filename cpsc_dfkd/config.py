@@ -57,6 +57,9 @@ class GeneratorConfig:
     conditional: bool = True  # CPSC-DFKD's G(z, y); False gives the DAFL/DFAD G(z)
     nz: int = 256
     ngf: int = 64
+    # K > 1 trains K generators with their own initialisations; each makes an equal share of every class
+    # in every batch (models.GeneratorEnsemble). The cost per batch stays about the same.
+    members: int = 1
     lr: float = 1e-3
     beta1: float = 0.5
     beta2: float = 0.999
@@ -169,6 +172,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "teacher.weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "generator.nz": (lambda v: v >= 1, "an integer >= 1"),
     "generator.ngf": (lambda v: v >= 1, "an integer >= 1"),
+    "generator.members": (lambda v: v >= 1, "an integer >= 1"),
     "generator.lr": (lambda v: v > 0, "a number > 0"),
     "generator.embedding_lr_scale": (lambda v: v > 0, "a number > 0"),
     "generator.beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),

@@ -119,8 +119,9 @@ class Distiller:
 
         self.teacher = teacher.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
         self.student = create_model(config.student.arch, self.info.num_classes, self.info.channels)
-        self.generator = create_generator(config.generator.conditional, config.generator.nz, config.generator.ngf,
-                                          self.info.image_size, self.info.channels, self.info.num_classes)
+        g = config.generator
+        self.generator = create_generator(g.conditional, g.nz, g.ngf, self.info.image_size, self.info.channels,
+                                          self.info.num_classes, members=g.members)
         # SupCon compares student and teacher features; a linear head maps the student's to the teacher's size.
         t_dim, s_dim = self.teacher.feature_dim, self.student.feature_dim
         self.projection_head = nn.Linear(s_dim, t_dim) if s_dim != t_dim else nn.Identity()

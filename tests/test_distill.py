@@ -332,3 +332,17 @@ def test_distillation_is_data_free_only_the_test_split_is_ever_opened(tmp_path, 
     assert any("t10k-images" in p for p in opened)
     assert not [p for p in opened if "train-images" in p or "train-labels" in p]
     assert np.isfinite(summary["best_student_acc"])
+
+
+def test_generator_ensemble_trains_every_member_and_survives_a_checkpoint(digits_teacher):
+    d = make_distiller(digits_teacher, "generator.members=2")
+    before = [[p.clone() for p in member.parameters()] for member in d.generator.members]
+    d.generator_step()
+    for member, old in zip(d.generator.members, before):
+        assert any(not torch.equal(p, q) for p, q in zip(member.parameters(), old))
+    d.student_step()
+    again = make_distiller(digits_teacher, "generator.members=2")
+    again.load_state_dict(d.state_dict())
+    z, y = d.sample_noise()
+    d.generator.eval(), again.generator.eval()
+    torch.testing.assert_close(again.generator(z, y), d.generator(z, y))

@@ -1,11 +1,12 @@
-"""The conditional generator: shapes, per-class conditional batch norm, and what the label controls."""
+"""The conditional generator: shapes, per-class conditional batch norm, what the label controls; ensembles."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from cpsc_dfkd.errors import UserError
-from cpsc_dfkd.models.generator import ConditionalBatchNorm2d, ConditionalGenerator, UnconditionalGenerator
+from cpsc_dfkd.models.generator import (ConditionalBatchNorm2d, ConditionalGenerator, GeneratorEnsemble,
+                                       UnconditionalGenerator, create_generator)
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])
@@ -64,3 +65,32 @@ def test_conditional_generator_refuses_missing_labels():
 def test_unsupported_image_size_is_a_user_error():
     with pytest.raises(UserError, match="16, 32 or 64"):
         ConditionalGenerator(image_size=28)
+
+
+def test_ensemble_gives_every_member_an_equal_share_of_every_class_in_any_label_order():
+    g = create_generator(True, nz=8, ngf=4, image_size=16, channels=1, num_classes=5, members=3)
+    for y in (torch.arange(30) % 5, torch.arange(30) // 6, torch.randperm(30) % 5):
+        owner = g.assign(30, y)
+        for c in range(5):
+            assert torch.bincount(owner[y == c], minlength=3).tolist() == [2, 2, 2]
+
+
+def test_ensemble_row_is_made_by_its_member_from_its_own_noise_and_label():
+    torch.manual_seed(0)
+    g = create_generator(True, nz=8, ngf=4, image_size=16, channels=1, num_classes=2, members=2).eval()
+    z, y = torch.randn(8, 8), torch.tensor([0, 1, 1, 0, 0, 1, 1, 0])
+    out = g(z, y)
+    owner = g.assign(8, y)
+    for k, member in enumerate(g.members):
+        mine = owner == k
+        torch.testing.assert_close(out[mine], member(z[mine], y[mine]))
+    # members start from different initialisations, so they make different images of the same input
+    assert not torch.allclose(g.members[0](z, y), g.members[1](z, y))
+
+
+def test_ensemble_of_unconditional_generators_and_single_member_stays_plain():
+    u = create_generator(False, nz=8, ngf=4, image_size=32, channels=3, num_classes=10, members=3)
+    assert isinstance(u, GeneratorEnsemble) and u(torch.randn(7, 8)).shape == (7, 3, 32, 32)
+    assert isinstance(create_generator(True, 8, 4, 32, 3, 10, members=1), ConditionalGenerator)
+    with pytest.raises(UserError, match="generator.members"):
+        create_generator(True, 8, 4, 32, 3, 10, members=0)

@@ -51,4 +51,4 @@ def feature_dim(model: nn.Module) -> int:
 
 # Importing the families fills the registry.
 from . import lenet, resnet, vgg, wresnet  # noqa: E402,F401
-from .generator import ConditionalGenerator, UnconditionalGenerator, create_generator  # noqa: E402,F401
+from .generator import ConditionalGenerator, GeneratorEnsemble, UnconditionalGenerator, create_generator  # noqa: E402,F401

@@ -97,8 +97,58 @@ class UnconditionalGenerator(_Generator):
     conditional = False
 
 
+class GeneratorEnsemble(nn.Module):
+    """K generators of one kind, each with its own initialisation, sharing every batch.
+
+    Row i goes to member ``r % K``, where r counts the earlier rows of i's class (of the batch, for an
+    unconditional ensemble): every member makes an equal share of every class, whatever order the labels
+    come in. Each member normalises over its own rows. One generator tends to settle on one look per class;
+    K generators settle on K looks, which the student then sees side by side.
+    """
+
+    def __init__(self, members: list[_Generator]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least 2 generators")
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.conditional = first.conditional
+        self.nz, self.num_classes, self.image_size, self.channels = (first.nz, first.num_classes,
+                                                                     first.image_size, first.channels)
+
+    def assign(self, batch_size: int, y: torch.Tensor | None) -> torch.Tensor:
+        """The member that makes each row."""
+        if y is None:
+            rank = torch.arange(batch_size)
+        else:
+            one_hot = F.one_hot(y.cpu(), self.num_classes)
+            rank = (one_hot.cumsum(0) * one_hot).sum(1) - 1
+        return (rank % len(self.members)).to(y.device if y is not None else "cpu")
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.conditional and y is None:
+            raise ValueError("the conditional generator needs class labels y")
+        owner = self.assign(z.shape[0], y).to(z.device)
+        parts, rows = [], []
+        for k, member in enumerate(self.members):
+            mine = (owner == k).nonzero().squeeze(1)
+            if mine.numel():
+                parts.append(member(z[mine], None if y is None else y[mine]))
+                rows.append(mine)
+        images = torch.cat(parts)
+        return torch.empty_like(images).index_copy_(0, torch.cat(rows), images)
+
+    def class_embedding_parameters(self) -> list[nn.Parameter]:
+        return [p for member in self.members for p in member.class_embedding_parameters()]
+
+
 def create_generator(
-    conditional: bool, nz: int, ngf: int, image_size: int, channels: int, num_classes: int
-) -> _Generator:
+    conditional: bool, nz: int, ngf: int, image_size: int, channels: int, num_classes: int, members: int = 1
+) -> _Generator | GeneratorEnsemble:
+    """One generator, or ``members`` > 1 of them (each with its own initialisation) as a GeneratorEnsemble."""
+    if members < 1:
+        raise UserError(f"generator.members must be an integer >= 1, got {members}")
     cls = ConditionalGenerator if conditional else UnconditionalGenerator
-    return cls(nz=nz, ngf=ngf, image_size=image_size, channels=channels, num_classes=num_classes)
+    made = [cls(nz=nz, ngf=ngf, image_size=image_size, channels=channels, num_classes=num_classes)
+            for _ in range(members)]
+    return made[0] if members == 1 else GeneratorEnsemble(made)
