@@ -1,4 +1,4 @@
-"""The benchmark scripts still run (quick modes); their figures are for people, not for assertions."""
+"""The benchmark scripts still run (quick modes, the members picture); their figures are for people, not for assertions."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
+from PIL import Image
 
 from cpsc_dfkd import data
+from cpsc_dfkd.experiment import run_distillation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,3 +73,18 @@ def test_throughput_benchmark_prints_both_tables():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| generator step |" in result.stdout and "| model forward backward |" in result.stdout
+
+
+def test_members_picture_shows_every_member_of_a_run_and_refuses_a_single_generator(digits_teacher, tmp_path,
+                                                                                     capsys):
+    spec = importlib.util.spec_from_file_location("members_picture", ROOT / "benchmarks" / "members_picture.py")
+    picture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(picture)
+    quiet = {"progress": False, "log": lambda m: None}
+    run_distillation(tiny_config("generator.members=2", teacher=digits_teacher), tmp_path / "pair", **quiet)
+    assert picture.main([str(tmp_path / "pair"), str(tmp_path / "pair.png"), "--per-member", "3"]) == 0
+    width, height = Image.open(tmp_path / "pair.png").size
+    assert (width - 2) // 34 == 2 * 3 and (height - 2) // 34 == 10  # 32 px tiles + 2 px padding
+    run_distillation(tiny_config(teacher=digits_teacher), tmp_path / "single", **quiet)
+    assert picture.main([str(tmp_path / "single"), str(tmp_path / "single.png")]) == 2
+    assert "generator.members=1" in capsys.readouterr().err

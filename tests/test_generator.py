@@ -5,8 +5,13 @@ import pytest
 import torch
 
 from cpsc_dfkd.errors import UserError
-from cpsc_dfkd.models.generator import (ConditionalBatchNorm2d, ConditionalGenerator, GeneratorEnsemble,
-                                       UnconditionalGenerator, create_generator)
+from cpsc_dfkd.models.generator import (
+    ConditionalBatchNorm2d,
+    ConditionalGenerator,
+    GeneratorEnsemble,
+    UnconditionalGenerator,
+    create_generator,
+)
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])
