@@ -50,6 +50,10 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     arch: str = "lenet5_half_bn"
+    # Where the student's weights start: "scratch" (random, as in the paper) or "teacher": the teacher's
+    # strongest channels of every layer, for a student that is a narrower copy of the teacher
+    # (student_init.py; not part of CPSC-DFKD).
+    init: Literal["scratch", "teacher"] = "scratch"
 
 
 @dataclass
@@ -60,6 +64,9 @@ class GeneratorConfig:
     # K > 1 trains K generators with their own initialisations; each makes an equal share of every class
     # in every batch (models.GeneratorEnsemble). The cost per batch stays about the same.
     members: int = 1
+    # The last layer: "bn" = tanh then a (conditional) batch norm, the paper's layout, whose output can leave the
+    # range of real pixels; "range" = a sigmoid onto the data's valid range, black to white.
+    output: Literal["bn", "range"] = "bn"
     lr: float = 1e-3
     beta1: float = 0.5
     beta2: float = 0.999

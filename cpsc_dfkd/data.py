@@ -46,6 +46,17 @@ class DatasetInfo:
         """Padding of the random-crop augmentation (teacher training, student steps, generator jitter)."""
         return self.image_size // 8
 
+    @property
+    def white(self) -> tuple[float, ...]:
+        """A white pixel (value 1) after normalisation, per channel."""
+        return tuple((1 - m) / s for m, s in zip(self.mean, self.std))
+
+    @property
+    def black(self) -> tuple[float, ...]:
+        """A black pixel (value 0) after normalisation, per channel: what crops pad with, as torchvision's
+        RandomCrop does before Normalize. (The normalised zero would be a grey of the data's mean.)"""
+        return tuple(-m / s for m, s in zip(self.mean, self.std))
+
 
 _DIGIT_NAMES = tuple(str(i) for i in range(10))
 DATASETS: dict[str, DatasetInfo] = {
@@ -298,12 +309,18 @@ def draw_crop_flip(n: int, padding: int, flip: bool, generator: torch.Generator 
     return dy, dx, flips
 
 
-def apply_crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor, flips: torch.Tensor
-                    ) -> torch.Tensor:
-    """Crop each zero-padded image at its offsets and flip those marked, in one indexing op."""
+def apply_crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor, flips: torch.Tensor,
+                    fill: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Crop each padded image at its offsets and flip those marked, in one indexing op. The padding is
+    ``fill`` per channel (``DatasetInfo.black`` for normalised images), or 0."""
     n, channels, h, w = images.shape
     device = images.device
-    padded = F.pad(images, (padding, padding, padding, padding))
+    if fill is None:
+        padded = F.pad(images, (padding, padding, padding, padding))
+    else:
+        value = torch.tensor(fill, dtype=images.dtype, device=device).view(1, channels, 1, 1)
+        padded = value.expand(n, channels, h + 2 * padding, w + 2 * padding).clone()
+        padded[:, :, padding:padding + h, padding:padding + w] = images
     rows = (dy.to(device)[:, None] + torch.arange(h, device=device))[:, None, :, None]
     cols = (dx.to(device)[:, None] + torch.arange(w, device=device))
     cols = torch.where(flips.to(device)[:, None], cols.flip(1), cols)[:, None, None, :]
@@ -311,10 +328,10 @@ def apply_crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: to
     return padded[batch, torch.arange(channels, device=device)[None, :, None, None], rows, cols]
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None
-                     ) -> torch.Tensor:
-    """Per-sample random crops (zero padding) and optional horizontal flips of a whole batch at once."""
-    return apply_crop_flip(images, padding, *draw_crop_flip(images.shape[0], padding, flip, generator))
+def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None,
+                     fill: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Per-sample random crops (padded with ``fill``, or 0) and optional horizontal flips of a whole batch."""
+    return apply_crop_flip(images, padding, *draw_crop_flip(images.shape[0], padding, flip, generator), fill=fill)
 
 
 def denormalise(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:

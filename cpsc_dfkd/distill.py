@@ -64,6 +64,7 @@ from .runtime import (
     select_precision,
     set_lr,
 )
+from .student_init import init_from_teacher
 from .teacher import evaluate
 
 CHECKPOINT_FORMAT = 1
@@ -119,9 +120,12 @@ class Distiller:
 
         self.teacher = teacher.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
         self.student = create_model(config.student.arch, self.info.num_classes, self.info.channels)
+        if config.student.init == "teacher":
+            init_from_teacher(self.student, self.teacher)
         g = config.generator
         self.generator = create_generator(g.conditional, g.nz, g.ngf, self.info.image_size, self.info.channels,
-                                          self.info.num_classes, members=g.members)
+                                          self.info.num_classes, members=g.members,
+                                          pixel_range=(self.info.black, self.info.white) if g.output == "range" else None)
         # SupCon compares student and teacher features; a linear head maps the student's to the teacher's size.
         t_dim, s_dim = self.teacher.feature_dim, self.student.feature_dim
         self.projection_head = nn.Linear(s_dim, t_dim) if s_dim != t_dim else nn.Identity()
@@ -232,7 +236,7 @@ class Distiller:
         padding = self.info.crop_padding
         draws = draw_crop_flip(self.config.distill.batch_size, padding, self.info.flip, self.noise_rng)
         mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
-        return apply_crop_flip(images, padding, *(d[mine] for d in draws))
+        return apply_crop_flip(images, padding, *(d[mine] for d in draws), fill=self.info.black)
 
     def mix(self, images: torch.Tensor) -> torch.Tensor:
         """Mixup for the student step: a ``distill.mixup`` share of the rows becomes

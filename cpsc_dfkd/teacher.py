@@ -56,7 +56,10 @@ def evaluate(model: nn.Module, dataset: torch.utils.data.Dataset, device: torch.
 def teacher_cache_path(config: Config) -> Path:
     """Where a teacher trained with this config is cached: ``$CPSC_DFKD_CACHE`` or ``~/.cache/cpsc-dfkd``."""
     base = Path(os.environ.get("CPSC_DFKD_CACHE", Path.home() / ".cache" / "cpsc-dfkd")).expanduser()
-    recipe = {"teacher": to_dict(config)["teacher"], "data": config.data.name, "seed": config.seed}
+    # "crop_fill": teachers cached before crops padded with black (they padded with the data's mean grey) are
+    # not reused.
+    recipe = {"teacher": to_dict(config)["teacher"], "data": config.data.name, "seed": config.seed,
+              "crop_fill": "black"}
     recipe["teacher"].pop("checkpoint", None)
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     return base / "teachers" / f"{config.data.name}-{config.teacher.arch}-{digest}.pt"
@@ -84,7 +87,8 @@ def train_teacher(config: Config, out_path: Path | None = None, log: Callable[[s
         running = 0.0
         for images, labels in iterate_batches(train_set, tc.batch_size, shuffle=True, generator=shuffle_rng):
             if tc.augment:
-                images = random_crop_flip(images, padding=info.crop_padding, flip=info.flip, generator=shuffle_rng)
+                images = random_crop_flip(images, padding=info.crop_padding, flip=info.flip, generator=shuffle_rng,
+                                          fill=info.black)
             images, labels = images.to(device), labels.to(device)
             set_lr(optimizer, lr_at(step, tc.lr, total_steps, warmup_steps=steps_per_epoch // 2))
             with precision.autocast():

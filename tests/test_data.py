@@ -111,6 +111,21 @@ def test_crop_flip_moves_each_image_by_its_own_offset_and_mirrors_the_flipped_on
                                             torch.zeros(2, dtype=torch.bool)), images)  # centred crop: unchanged
 
 
+def test_crops_pad_with_black_as_torchvision_pads_before_normalising():
+    info = data.dataset_info("fashion-mnist")
+    black = info.black[0]
+    assert black == pytest.approx((0 - 0.2860) / 0.3530)
+    images = torch.full((1, 1, 4, 4), 1.5)
+    out = data.apply_crop_flip(images, 1, torch.tensor([0]), torch.tensor([0]), torch.tensor([False]), fill=info.black)
+    assert torch.equal(out[0, 0, 0], torch.full((4,), black))  # the row that enters from above is black
+    assert torch.equal(out[0, 0, :, 0], torch.full((4,), black))
+    assert torch.equal(out[0, 0, 1:, 1:], torch.full((3, 3), 1.5))  # the image itself is copied exactly
+    colour = data.dataset_info("cifar10")
+    rgb = data.apply_crop_flip(torch.zeros(1, 3, 4, 4), 1, torch.tensor([0]), torch.tensor([0]), torch.tensor([False]),
+                               fill=colour.black)
+    assert torch.allclose(rgb[0, :, 0, 0], torch.tensor(colour.black))
+
+
 def test_debian_fashion_mnist_when_installed():
     folder = data.locate("fashion-mnist", "test")
     if folder is None:

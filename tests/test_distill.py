@@ -87,7 +87,7 @@ def test_student_step_augments_synthetic_images_and_the_teacher_labels_the_augme
     with torch.no_grad():
         plain = d.generator(z, y)
     assert not torch.allclose(seen[0], plain)
-    assert torch.allclose(seen[0], apply_crop_flip(plain, padding, *draws), atol=1e-6)
+    assert torch.allclose(seen[0], apply_crop_flip(plain, padding, *draws, fill=d.info.black), atol=1e-6)
 
 
 def test_student_step_mixes_a_share_of_the_images_and_the_teacher_labels_the_mixes(digits_teacher):
@@ -122,7 +122,8 @@ def test_generator_jitter_shows_the_models_crops_and_keeps_the_images_as_made_in
     d.noise_rng.manual_seed(3)
     d.sample_noise()
     draws = draw_crop_flip(d.config.distill.batch_size, d.info.crop_padding, d.info.flip, d.noise_rng)
-    assert torch.allclose(seen[0], apply_crop_flip(stored, d.info.crop_padding, *draws), atol=1e-6)
+    assert torch.allclose(seen[0], apply_crop_flip(stored, d.info.crop_padding, *draws, fill=d.info.black),
+                          atol=1e-6)
     assert not torch.allclose(seen[0], stored)
     assert all(p.grad is not None for p in d.generator.parameters() if p.requires_grad)  # crops are differentiable
 

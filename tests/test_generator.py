@@ -99,3 +99,22 @@ def test_ensemble_of_unconditional_generators_and_single_member_stays_plain():
     assert isinstance(create_generator(True, 8, 4, 32, 3, 10, members=1), ConditionalGenerator)
     with pytest.raises(UserError, match="generator.members"):
         create_generator(True, 8, 4, 32, 3, 10, members=0)
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_range_output_keeps_every_pixel_between_black_and_white_of_each_channel(conditional):
+    low, high = (-0.8, -2.0, -1.0), (2.0, 0.5, 1.0)
+    g = create_generator(conditional, 8, 4, 16, 3, 10, members=2, pixel_range=(low, high))
+    with torch.no_grad():  # push the last convolution far into both tails of the sigmoid
+        for member in g.members:
+            member.to_image.weight.mul_(50)
+    out = g(torch.randn(40, 8), torch.arange(40) % 10)
+    for c in range(3):
+        assert out[:, c].min() >= low[c] and out[:, c].max() <= high[c]
+        assert out[:, c].min() < low[c] + 0.05 and out[:, c].max() > high[c] - 0.05  # both ends are reachable
+    assert not any(name.startswith("norm_out") for name, _ in g.members[0].named_parameters())
+
+
+def test_the_default_output_is_the_papers_tanh_then_batch_norm():
+    g = ConditionalGenerator(nz=8, ngf=4, image_size=16, channels=1, num_classes=2)
+    assert isinstance(g.norm_out, ConditionalBatchNorm2d) and not hasattr(g, "low")

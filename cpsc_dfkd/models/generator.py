@@ -49,12 +49,17 @@ def _num_upsamplings(image_size: int) -> int:
 
 
 class _Generator(nn.Module):
-    """Linear -> norm -> (upsample, conv3x3, norm, LeakyReLU) x k -> conv3x3 -> tanh -> norm."""
+    """Linear -> norm -> (upsample, conv3x3, norm, LeakyReLU) x k -> conv3x3 -> tanh -> norm.
+
+    With ``pixel_range=(low, high)`` (per channel, normalised units) the output is instead
+    ``low + (high - low) * sigmoid(conv)``: every pixel is a valid one, and black is easy to make.
+    """
 
     norm_layer: type[nn.Module]
     conditional: bool
 
-    def __init__(self, nz: int = 256, ngf: int = 64, image_size: int = 32, channels: int = 3, num_classes: int = 10):
+    def __init__(self, nz: int = 256, ngf: int = 64, image_size: int = 32, channels: int = 3, num_classes: int = 10,
+                 pixel_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
         super().__init__()
         ups = _num_upsamplings(image_size)
         self.nz, self.num_classes, self.image_size, self.channels = nz, num_classes, image_size, channels
@@ -66,7 +71,12 @@ class _Generator(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1) for i in range(ups))
         self.norms = nn.ModuleList(self.norm_layer(widths[i + 1], num_classes) for i in range(ups))
         self.to_image = nn.Conv2d(ngf, channels, 3, padding=1)
-        self.norm_out = self.norm_layer(channels, num_classes)
+        if pixel_range is None:  # the paper's output: tanh, then a (conditional) batch norm
+            self.norm_out = self.norm_layer(channels, num_classes)
+        else:  # a sigmoid onto the data's valid range, black to white in normalised units
+            low, high = (torch.tensor(v, dtype=torch.float32).view(1, channels, 1, 1) for v in pixel_range)
+            self.register_buffer("low", low)
+            self.register_buffer("span", high - low)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.conditional and y is None:
@@ -76,7 +86,9 @@ class _Generator(nn.Module):
         for conv, norm in zip(self.convs, self.norms):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = F.leaky_relu(norm(conv(x), y), 0.2)
-        return self.norm_out(torch.tanh(self.to_image(x)), y)
+        if hasattr(self, "norm_out"):
+            return self.norm_out(torch.tanh(self.to_image(x)), y)
+        return self.low + self.span * torch.sigmoid(self.to_image(x))
 
     def class_embedding_parameters(self) -> list[nn.Parameter]:
         """The per-class scale and shift tables (empty for the unconditional generator)."""
@@ -143,12 +155,14 @@ class GeneratorEnsemble(nn.Module):
 
 
 def create_generator(
-    conditional: bool, nz: int, ngf: int, image_size: int, channels: int, num_classes: int, members: int = 1
+    conditional: bool, nz: int, ngf: int, image_size: int, channels: int, num_classes: int, members: int = 1,
+    pixel_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> _Generator | GeneratorEnsemble:
-    """One generator, or ``members`` > 1 of them (each with its own initialisation) as a GeneratorEnsemble."""
+    """One generator, or ``members`` > 1 of them (each with its own initialisation) as a GeneratorEnsemble.
+    ``pixel_range`` (low, high per channel) swaps the tanh + batch-norm output for a sigmoid onto that range."""
     if members < 1:
         raise UserError(f"generator.members must be an integer >= 1, got {members}")
     cls = ConditionalGenerator if conditional else UnconditionalGenerator
-    made = [cls(nz=nz, ngf=ngf, image_size=image_size, channels=channels, num_classes=num_classes)
-            for _ in range(members)]
+    made = [cls(nz=nz, ngf=ngf, image_size=image_size, channels=channels, num_classes=num_classes,
+                pixel_range=pixel_range) for _ in range(members)]
     return made[0] if members == 1 else GeneratorEnsemble(made)

@@ -12,6 +12,8 @@ from . import register_model
 
 
 class LeNet5(nn.Module):
+    plain_chain = True  # no skip connections: student.init=teacher can select channels layer by layer
+
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0, batch_norm: bool = False):
         super().__init__()
         c1, c2, c3, f1 = (max(1, int(round(c * width))) for c in (6, 16, 120, 84))

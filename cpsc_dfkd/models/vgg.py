@@ -21,6 +21,8 @@ def _conv_block(widths: list[int], in_channels: int) -> nn.Sequential:
 
 
 class VGG(nn.Module):
+    plain_chain = True  # no skip connections: student.init=teacher can select channels layer by layer
+
     def __init__(self, blocks: list[list[int]], num_classes: int = 10, in_channels: int = 3):
         super().__init__()
         for i, widths in enumerate(blocks):
