@@ -108,6 +108,9 @@ class LossConfig:
     activation: float = 0.0  # DAFL: reward large teacher feature activations (G step)
     info_entropy: float = 0.0  # DAFL: reward a balanced class histogram (G step)
     attention: float = 0.0  # ZSKT: attention transfer between teacher and student (S step)
+    # Not in the paper: with student.init=teacher, match each student BatchNorm output to the teacher's at the
+    # channels it was copied from (S step), so the student stays a pruned copy of the teacher inside.
+    hint: float = 0.0
     tv: float = 0.0  # DeepInversion: total-variation image prior (G step)
     # Reference-code defect, kept as an option: cross-entropy applied to softmax outputs.
     ce_on_softmax: bool = False

@@ -44,6 +44,7 @@ from .losses import (
     BatchNormStatistics,
     activation_loss,
     attention_transfer_loss,
+    channel_hint_loss,
     ikd_loss,
     information_entropy_loss,
     mode_seeking_loss,
@@ -64,7 +65,7 @@ from .runtime import (
     select_precision,
     set_lr,
 )
-from .student_init import init_from_teacher
+from .student_init import init_from_teacher, matched_batchnorms
 from .teacher import evaluate
 
 CHECKPOINT_FORMAT = 1
@@ -120,8 +121,14 @@ class Distiller:
 
         self.teacher = teacher.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
         self.student = create_model(config.student.arch, self.info.num_classes, self.info.channels)
+        self.hint_pairs: list[tuple[nn.Module, nn.Module, list[int]]] = []
         if config.student.init == "teacher":
-            init_from_teacher(self.student, self.teacher)
+            kept = init_from_teacher(self.student, self.teacher)
+            self.hint_pairs = matched_batchnorms(self.teacher, self.student, kept)
+        if config.loss.hint > 0 and not self.hint_pairs:
+            raise UserError("loss.hint compares student and teacher channel by channel, which needs "
+                            "student.init=teacher and BatchNorm layers; add --set student.init=teacher or set "
+                            "loss.hint=0")
         g = config.generator
         self.generator = create_generator(g.conditional, g.nz, g.ngf, self.info.image_size, self.info.channels,
                                           self.info.num_classes, members=g.members,
@@ -156,6 +163,10 @@ class Distiller:
         if self.bn_statistics is not None and self.bn_statistics.num_layers == 0:
             raise UserError(f"loss.bn > 0 needs a teacher with BatchNorm layers, and {config.teacher.arch} has none; "
                             "use a *_bn teacher or --set loss.bn=0")
+        self.teacher_hint_taps = self.student_hint_taps = None
+        if loss.hint > 0:
+            self.teacher_hint_taps = ActivationTap([t for t, _, _ in self.hint_pairs])
+            self.student_hint_taps = ActivationTap([s for _, s, _ in self.hint_pairs])
         self.teacher_taps = self.student_taps = None
         if loss.attention > 0:
             if not hasattr(self.teacher, "attention_points"):
@@ -318,18 +329,17 @@ class Distiller:
             images = self.augment(images)
         if cfg.distill.mixup:  # the pseudo-label of a mix stays its first image's (only the student CE uses it)
             images = self.mix(images)
-        taps = self.teacher_taps is not None
+        taps = [tap for tap in (self.teacher_taps, self.teacher_hint_taps) if tap is not None]
         with torch.no_grad(), self.precision.autocast():
-            if taps:
-                self.teacher_taps.active = True
+            _set_active(taps, True)
             t_logits = self.teacher_forward(images).float()
-            if taps:
-                self.teacher_taps.active = False
+            _set_active(taps, False)
         labels = self._pseudo_labels(y, t_logits)
-        if taps:
-            self.student_taps.active = True
+        taps = [tap for tap in (self.student_taps, self.student_hint_taps) if tap is not None]
+        _set_active(taps, True)
         with self.precision.autocast():
             s_logits = self.student_train(images).float()
+        _set_active(taps, False)
         terms: dict[str, torch.Tensor] = {}
         if w.kd:
             terms["s_kd"] = w.kd * teacher_student_distance(t_logits, s_logits, w.distance, w.kd_temperature)
@@ -338,10 +348,12 @@ class Distiller:
         student_ce = w.ce if w.student_ce is None else w.student_ce
         if student_ce:
             terms["s_ce"] = student_ce * pseudo_cross_entropy(s_logits, labels, on_softmax=w.ce_on_softmax)
-        if taps:
-            self.student_taps.active = False
+        if self.student_taps is not None:
             terms["s_attention"] = w.attention * attention_transfer_loss(self.student_taps.take(),
                                                                          self.teacher_taps.take())
+        if self.student_hint_taps is not None:
+            terms["s_hint"] = w.hint * channel_hint_loss(self.student_hint_taps.take(), self.teacher_hint_taps.take(),
+                                                         [kept for _, _, kept in self.hint_pairs])
         if not terms:
             raise UserError("every student loss weight is 0: the student would not learn; set loss.kd > 0")
         total = torch.stack(list(terms.values())).sum()
@@ -647,6 +659,11 @@ class Distiller:
     def _emit(self, event: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, event)(self, *args)
+
+
+def _set_active(taps: list[ActivationTap], active: bool) -> None:
+    for tap in taps:
+        tap.active = active
 
 
 def _due(iteration: int, every: int, last: bool) -> bool:

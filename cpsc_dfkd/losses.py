@@ -121,6 +121,17 @@ def attention_transfer_loss(student_activations: list[torch.Tensor], teacher_act
     return torch.stack(terms).sum()
 
 
+def channel_hint_loss(student_activations: list[torch.Tensor], teacher_activations: list[torch.Tensor],
+                      kept_channels: list[list[int]]) -> torch.Tensor:
+    """Mean over layers of the MSE between each student activation and the teacher's activation at the
+    channels that student layer was copied from (``student.init=teacher``): the student is kept a pruned
+    copy of the teacher inside, not only at the logits."""
+    terms = []
+    for s, t, kept in zip(student_activations, teacher_activations, kept_channels, strict=True):
+        terms.append(F.mse_loss(s.float(), t[:, kept].float()))
+    return torch.stack(terms).mean()
+
+
 class BatchNormStatistics:
     """DeepInversion's prior: forward hooks on the teacher's BatchNorm layers compare each batch's
     per-channel mean and variance with the running statistics learnt on real data.

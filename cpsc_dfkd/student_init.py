@@ -75,8 +75,8 @@ def _input_rows(kept: torch.Tensor, teacher_in: int, student_in: int, previous_o
 
 @torch.no_grad()
 def init_from_teacher(student: nn.Module, teacher: nn.Module) -> dict[str, list[int]]:
-    """Copy the teacher's strongest channels into ``student`` in place; returns the kept channels per layer
-    (by the teacher's layer index), for reports and tests."""
+    """Copy the teacher's strongest channels into ``student`` in place; returns the teacher's channels that
+    each layer kept (keyed by the layer's index among the conv, linear and BatchNorm layers)."""
     names = f"{getattr(teacher, 'arch', type(teacher).__name__)} and {getattr(student, 'arch', type(student).__name__)}"
     teacher_layers, student_layers = _layers(teacher), _layers(student)
     _check_same_sequence(teacher, student, teacher_layers, student_layers, names)
@@ -93,6 +93,7 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> dict[str, list[
                 source, target = getattr(t, name), getattr(s, name)
                 if source is not None and target is not None:
                     target.copy_(source[kept.to(source.device)])
+            report[str(index)] = kept.tolist()
             continue
         t_out, s_out = t.weight.shape[0], s.weight.shape[0]
         rows = _input_rows(kept, t.weight.shape[1], s.weight.shape[1], previous_out)
@@ -108,3 +109,12 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> dict[str, list[
         report[str(index)] = chosen.tolist()
         kept, previous_out = chosen, t_out
     return report
+
+
+def matched_batchnorms(teacher: nn.Module, student: nn.Module, kept: dict[str, list[int]]
+                       ) -> list[tuple[nn.Module, nn.Module, list[int]]]:
+    """(teacher BN, student BN, the teacher's channels the student's BN stands for), for each BatchNorm of a
+    student made by ``init_from_teacher``: where the two can be compared channel for channel."""
+    teacher_layers, student_layers = _layers(teacher), _layers(student)
+    return [(teacher_layers[i], student_layers[i], kept[str(i)])
+            for i, layer in enumerate(teacher_layers) if isinstance(layer, _NORMS)]

@@ -46,8 +46,9 @@ def test_every_method_resolves_and_ablations_remove_exactly_their_term():
     assert resolve("digits-demo", ["distill.method=cpsc-no-ikd"]).loss.ikd == 0
     no_cond = resolve("digits-demo", ["distill.method=cpsc-no-conditional"])
     assert no_cond.generator.conditional is False and no_cond.loss == base.loss
+    assert resolve("fashion-mnist", ["distill.method=cpsc-from-scratch"]).student.init == "scratch"
     assert set(list_methods("ablation")) == {"cpsc-no-conditional", "cpsc-no-scl", "cpsc-no-ce", "cpsc-no-bn",
-                                             "cpsc-no-ikd"}
+                                             "cpsc-no-ikd", "cpsc-from-scratch"}
 
 
 @pytest.mark.parametrize("override, message", [

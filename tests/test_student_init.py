@@ -104,3 +104,28 @@ def test_the_distiller_starts_the_student_from_the_teacher_only_when_asked():
 def test_an_unknown_init_is_refused_with_the_choices():
     with pytest.raises(UserError, match="scratch"):
         resolve(None, ["student.init=imagenet"])
+
+
+def test_the_channel_hint_is_zero_for_a_full_width_copy_and_positive_for_a_pruned_one():
+    from cpsc_dfkd.losses import ActivationTap, channel_hint_loss
+    from cpsc_dfkd.student_init import matched_batchnorms
+
+    teacher = _teacher_with_distinct_gammas().eval()
+    x = torch.randn(16, 1, 32, 32)
+    for student_arch, expect_zero in (("lenet5_bn", True), ("lenet5_half_bn", False)):
+        student = create_model(student_arch, 10, 1).eval()
+        pairs = matched_batchnorms(teacher, student, init_from_teacher(student, teacher))
+        assert [len(kept) for _, _, kept in pairs] == ([6, 16, 120] if expect_zero else [3, 8, 60])
+        teacher_tap, student_tap = ActivationTap([t for t, _, _ in pairs]), ActivationTap([s for _, s, _ in pairs])
+        teacher_tap.active = student_tap.active = True
+        teacher(x), student(x)
+        loss = channel_hint_loss(student_tap.take(), teacher_tap.take(), [kept for _, _, kept in pairs])
+        assert (loss.item() == 0) if expect_zero else (loss.item() > 0)
+
+
+def test_the_hint_needs_a_student_made_from_the_teacher():
+    overrides = ["data.name=fashion-mnist", "distill.batch_size=8", "generator.nz=8", "generator.ngf=4", "loss.hint=1"]
+    with pytest.raises(UserError, match="student.init=teacher"):
+        Distiller(resolve(None, overrides), _teacher_with_distinct_gammas())
+    distiller = Distiller(resolve(None, overrides + ["student.init=teacher"]), _teacher_with_distinct_gammas())
+    assert "s_hint" in distiller.student_step()
