@@ -15,9 +15,10 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from cpsc_dfkd.data import dataset_info, denormalise
+from cpsc_dfkd.distill import generator_for
 from cpsc_dfkd.errors import UserError
 from cpsc_dfkd.experiment import config_for_resume
-from cpsc_dfkd.models import GeneratorEnsemble, create_generator
+from cpsc_dfkd.models import GeneratorEnsemble
 from cpsc_dfkd.runs import load_checkpoint
 
 
@@ -48,8 +49,7 @@ def main(argv=None) -> int:
         if not checkpoint.exists():
             raise UserError(f"{checkpoint} does not exist; the run saved no checkpoint (distill.checkpoint_every=0?)")
         info = dataset_info(config.data.name)
-        generator = create_generator(True, g.nz, g.ngf, info.image_size, info.channels, info.num_classes,
-                                     members=g.members)
+        generator = generator_for(config)
         generator.load_state_dict(load_checkpoint(checkpoint)["generator"])
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

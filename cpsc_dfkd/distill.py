@@ -13,8 +13,9 @@ Generator step (the generator and, if present, the student->teacher projection h
 Student step (only the student learns)::
 
     loss_S = kd * D(t, s) + ikd * MSE(s, t) + student_ce * CE(s, y) (+ attention transfer for ZSKT)
+             + hint * MSE(student BN outputs, teacher BN outputs at the channels they were copied from)
 
-(``student_ce`` defaults to ``ce``.)
+(``student_ce`` defaults to ``ce``; the hint needs ``student.init=teacher``, see student_init.py.)
 
 D is KL(t || s) (or DFAD's L1 on logits). Fixes over the reference code (each an option):
 Adam's state persists across generator steps, cross-entropy takes logits, the projection head is
@@ -129,10 +130,7 @@ class Distiller:
             raise UserError("loss.hint compares student and teacher channel by channel, which needs "
                             "student.init=teacher and BatchNorm layers; add --set student.init=teacher or set "
                             "loss.hint=0")
-        g = config.generator
-        self.generator = create_generator(g.conditional, g.nz, g.ngf, self.info.image_size, self.info.channels,
-                                          self.info.num_classes, members=g.members,
-                                          pixel_range=(self.info.black, self.info.white) if g.output == "range" else None)
+        self.generator = generator_for(config)
         # SupCon compares student and teacher features; a linear head maps the student's to the teacher's size.
         t_dim, s_dim = self.teacher.feature_dim, self.student.feature_dim
         self.projection_head = nn.Linear(s_dim, t_dim) if s_dim != t_dim else nn.Identity()
@@ -659,6 +657,14 @@ class Distiller:
     def _emit(self, event: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, event)(self, *args)
+
+
+def generator_for(config: Config) -> nn.Module:
+    """The generator (or ensemble) that ``config.generator`` describes, for ``config.data``'s images."""
+    g, info = config.generator, dataset_info(config.data.name)
+    pixel_range = (info.black, info.white) if g.output == "range" else None
+    return create_generator(g.conditional, g.nz, g.ngf, info.image_size, info.channels, info.num_classes,
+                            members=g.members, pixel_range=pixel_range)
 
 
 def _set_active(taps: list[ActivationTap], active: bool) -> None:

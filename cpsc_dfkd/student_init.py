@@ -116,5 +116,5 @@ def matched_batchnorms(teacher: nn.Module, student: nn.Module, kept: dict[str, l
     """(teacher BN, student BN, the teacher's channels the student's BN stands for), for each BatchNorm of a
     student made by ``init_from_teacher``: where the two can be compared channel for channel."""
     teacher_layers, student_layers = _layers(teacher), _layers(student)
-    return [(teacher_layers[i], student_layers[i], kept[str(i)])
+    return [(layer, student_layers[i], kept[str(i)])
             for i, layer in enumerate(teacher_layers) if isinstance(layer, _NORMS)]
