@@ -44,7 +44,10 @@ def build(preset: str, overrides: list[str]) -> Distiller:
     config = resolve(preset, overrides)
     info = dataset_info(config.data.name)
     teacher = create_model(config.teacher.arch, info.num_classes, info.channels)
-    return Distiller(config, teacher)
+    distiller = Distiller(config, teacher)
+    # Past the generator-only warm-up: a measured iteration has its student steps, as most of a run's do.
+    distiller.iteration = config.distill.generator_warmup
+    return distiller
 
 
 def component_table(distiller: Distiller, repeats: int) -> list[tuple[str, float, float]]:

@@ -12,7 +12,7 @@ FIXTURES = SHARED / "fixtures"
 
 # A run small enough for unit tests: a few iterations of the whole loop on digits.
 TINY = [
-    "teacher.epochs=2", "generator.nz=16", "generator.ngf=8", "distill.iterations=4", "distill.batch_size=20",
+    "teacher.epochs=3", "generator.nz=16", "generator.ngf=8", "distill.iterations=4", "distill.batch_size=20",
     "distill.log_every=2", "distill.eval_every=2", "distill.sample_every=2", "distill.checkpoint_every=2",
     "distill.memory_batches=3",
 ]
@@ -35,7 +35,8 @@ def isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory) -> Path:
-    """A LeNet-5-BN teacher trained for two epochs on digits (about a second)."""
+    """A LeNet-5-BN teacher trained for three epochs on digits (about a second; 97% on the test split, every
+    class at 89% or more, as the diagnostics tests need)."""
     from cpsc_dfkd.config import resolve
     from cpsc_dfkd.teacher import train_teacher
 

@@ -75,6 +75,16 @@ def test_throughput_benchmark_prints_both_tables():
     assert "| generator step |" in result.stdout and "| model forward backward |" in result.stdout
 
 
+def test_throughput_measures_iterations_with_their_student_steps():
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    distiller = throughput.build("digits-demo", ["generator.ngf=8", "distill.batch_size=32",
+                                                 "distill.generator_warmup=50"])
+    assert distiller.iteration == 50
+    assert any(key.startswith("s_") for key in distiller.train_iteration())
+
+
 def test_members_picture_shows_every_member_of_a_run_and_refuses_a_single_generator(digits_teacher, tmp_path,
                                                                                      capsys):
     spec = importlib.util.spec_from_file_location("members_picture", ROOT / "benchmarks" / "members_picture.py")
