@@ -310,17 +310,14 @@ def draw_crop_flip(n: int, padding: int, flip: bool, generator: torch.Generator 
 
 
 def apply_crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor, flips: torch.Tensor,
-                    fill: tuple[float, ...] | None = None) -> torch.Tensor:
+                    *, fill: tuple[float, ...]) -> torch.Tensor:
     """Crop each padded image at its offsets and flip those marked, in one indexing op. The padding is
-    ``fill`` per channel (``DatasetInfo.black`` for normalised images), or 0."""
+    ``fill`` per channel: ``DatasetInfo.black`` for normalised images (their 0 is the data's mean grey)."""
     n, channels, h, w = images.shape
     device = images.device
-    if fill is None:
-        padded = F.pad(images, (padding, padding, padding, padding))
-    else:
-        value = torch.tensor(fill, dtype=images.dtype, device=device).view(1, channels, 1, 1)
-        padded = value.expand(n, channels, h + 2 * padding, w + 2 * padding).clone()
-        padded[:, :, padding:padding + h, padding:padding + w] = images
+    value = torch.tensor(fill, dtype=images.dtype, device=device).view(1, channels, 1, 1)
+    padded = value.expand(n, channels, h + 2 * padding, w + 2 * padding).clone()
+    padded[:, :, padding:padding + h, padding:padding + w] = images
     rows = (dy.to(device)[:, None] + torch.arange(h, device=device))[:, None, :, None]
     cols = (dx.to(device)[:, None] + torch.arange(w, device=device))
     cols = torch.where(flips.to(device)[:, None], cols.flip(1), cols)[:, None, None, :]
@@ -329,8 +326,8 @@ def apply_crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: to
 
 
 def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None,
-                     fill: tuple[float, ...] | None = None) -> torch.Tensor:
-    """Per-sample random crops (padded with ``fill``, or 0) and optional horizontal flips of a whole batch."""
+                     *, fill: tuple[float, ...]) -> torch.Tensor:
+    """Per-sample random crops (padded with ``fill`` per channel) and optional horizontal flips of a whole batch."""
     return apply_crop_flip(images, padding, *draw_crop_flip(images.shape[0], padding, flip, generator), fill=fill)
 
 

@@ -165,6 +165,7 @@ class Distiller:
         if loss.hint > 0:
             self.teacher_hint_taps = ActivationTap([t for t, _, _ in self.hint_pairs])
             self.student_hint_taps = ActivationTap([s for _, s, _ in self.hint_pairs])
+            self.hint_channels = [torch.tensor(kept, device=self.device) for _, _, kept in self.hint_pairs]
         self.teacher_taps = self.student_taps = None
         if loss.attention > 0:
             if not hasattr(self.teacher, "attention_points"):
@@ -351,7 +352,7 @@ class Distiller:
                                                                          self.teacher_taps.take())
         if self.student_hint_taps is not None:
             terms["s_hint"] = w.hint * channel_hint_loss(self.student_hint_taps.take(), self.teacher_hint_taps.take(),
-                                                         [kept for _, _, kept in self.hint_pairs])
+                                                         self.hint_channels)
         if not terms:
             raise UserError("every student loss weight is 0: the student would not learn; set loss.kd > 0")
         total = torch.stack(list(terms.values())).sum()

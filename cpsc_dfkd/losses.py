@@ -122,7 +122,7 @@ def attention_transfer_loss(student_activations: list[torch.Tensor], teacher_act
 
 
 def channel_hint_loss(student_activations: list[torch.Tensor], teacher_activations: list[torch.Tensor],
-                      kept_channels: list[list[int]]) -> torch.Tensor:
+                      kept_channels: list[torch.Tensor] | list[list[int]]) -> torch.Tensor:
     """Mean over layers of the MSE between each student activation and the teacher's activation at the
     channels that student layer was copied from (``student.init=teacher``): the student is kept a pruned
     copy of the teacher inside, not only at the logits."""

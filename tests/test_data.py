@@ -95,7 +95,7 @@ def test_unknown_data_set_lists_the_valid_ones():
 
 def test_random_crop_flip_keeps_shape_and_moves_content():
     images = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
-    out = data.random_crop_flip(images, padding=2, flip=True, generator=torch.Generator().manual_seed(1))
+    out = data.random_crop_flip(images, padding=2, flip=True, generator=torch.Generator().manual_seed(1), fill=(0.0,))
     assert out.shape == images.shape
     assert not torch.equal(out, images)
 
@@ -103,12 +103,12 @@ def test_random_crop_flip_keeps_shape_and_moves_content():
 def test_crop_flip_moves_each_image_by_its_own_offset_and_mirrors_the_flipped_ones():
     images = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
     dy, dx, flips = torch.tensor([1, 0]), torch.tensor([0, 2]), torch.tensor([False, True])
-    out = data.apply_crop_flip(images, 1, dy, dx, flips)
+    out = data.apply_crop_flip(images, 1, dy, dx, flips, fill=(0.0,))
     padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
     assert torch.equal(out[0], padded[0, :, 1:5, 0:4])  # shifted right by one pixel: a zero column enters
     assert torch.equal(out[1], padded[1, :, 0:4, 2:6].flip(-1))
     assert torch.equal(data.apply_crop_flip(images, 1, torch.ones(2, dtype=torch.long), torch.ones(2, dtype=torch.long),
-                                            torch.zeros(2, dtype=torch.bool)), images)  # centred crop: unchanged
+                                            torch.zeros(2, dtype=torch.bool), fill=(0.0,)), images)  # centred crop: unchanged
 
 
 def test_crops_pad_with_black_as_torchvision_pads_before_normalising():
