@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import TINY, tiny_config
 from PIL import Image
 
 from cpsc_dfkd import data
@@ -17,11 +17,15 @@ from cpsc_dfkd.experiment import run_distillation
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_fashion_mnist_benchmark():
-    spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark", ROOT / "benchmarks" / "fashion_mnist.py")
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_fashion_mnist_benchmark():
+    return _load_benchmark("fashion_mnist")
 
 
 def test_ablation_seeds_give_every_ablation_and_only_the_ablations_extra_seeds():
@@ -98,3 +102,36 @@ def test_members_picture_shows_every_member_of_a_run_and_refuses_a_single_genera
     run_distillation(tiny_config(teacher=digits_teacher), tmp_path / "single", **quiet)
     assert picture.main([str(tmp_path / "single"), str(tmp_path / "single.png")]) == 2
     assert "generator.members=1" in capsys.readouterr().err
+
+
+def test_real_data_ceiling_trains_the_student_on_real_training_images_labelled_by_the_teacher(digits_teacher):
+    import torch
+
+    ceiling = _load_benchmark("real_data_ceiling")
+    config = tiny_config(teacher=digits_teacher)
+    config.distill.g_steps, config.distill.generator_warmup = 0, 0
+    from cpsc_dfkd.teacher import load_teacher
+
+    teacher, _ = load_teacher(digits_teacher, config)
+    train_images = ceiling.stacked_images(data.load_split("digits", "train"))
+    distiller = ceiling.RealImageDistiller(config, teacher, data.load_split("digits", "test"),
+                                           train_images=train_images)
+    images, labels = distiller.synthetic_batch()
+    # every image is a row of the training split, and its label is the teacher's verdict on it
+    assert all((train_images == image).flatten(1).all(1).any() for image in images)
+    assert torch.equal(labels, teacher(images).argmax(1))
+    generator_before = [p.detach().clone() for p in distiller.generator.parameters()]
+    summary = distiller.fit()
+    assert 0 <= summary["student_acc"] <= 100 and distiller.images_seen > 0
+    assert all(torch.equal(a, b) for a, b in zip(generator_before, distiller.generator.parameters()))
+
+
+def test_real_data_ceiling_script_prints_a_table_and_writes_json(digits_teacher, tmp_path, capsys):
+    ceiling = _load_benchmark("real_data_ceiling")
+    out = tmp_path / "ceiling.json"
+    args = ["--preset", "digits-demo", "--out", str(out), "--set", f"teacher.checkpoint={digits_teacher}"]
+    assert ceiling.main(args + [arg for o in TINY for arg in ("--set", o)]) == 0
+    printed = capsys.readouterr().out
+    assert "| real training images, teacher-labelled |" in printed
+    saved = json.loads(out.read_text())
+    assert saved["runs"][0]["student_steps"] == 4 * 5 and 0 <= saved["mean_student_acc"] <= 100
