@@ -63,8 +63,9 @@ def stacked_images(dataset: torch.utils.data.Dataset) -> torch.Tensor:
 
 
 def run_ceiling(preset: str, overrides: list[str], seed: int, data_root: str | None = None) -> dict:
-    # No generator step, no generator-only warm-up: every iteration is the preset's student steps.
-    config = resolve(preset, overrides + [f"seed={seed}", "distill.g_steps=0", "distill.generator_warmup=0"]
+    # No generator steps. The preset's generator-only warm-up stays: the student starts at the same iteration,
+    # on the same learning-rate schedule, and takes as many steps as in a data-free run.
+    config = resolve(preset, overrides + [f"seed={seed}", "distill.g_steps=0"]
                      + ([f"data.root={data_root}"] if data_root else []))
     teacher, meta, _ = obtain_teacher(config, log=lambda message: None)
     test_set = load_split(config.data.name, "test", config.data.root, config.data.download)
@@ -75,7 +76,7 @@ def run_ceiling(preset: str, overrides: list[str], seed: int, data_root: str | N
     summary = distiller.fit()
     d = config.distill
     return {"seed": seed, "student_acc": summary["student_acc"], "best_student_acc": summary["best_student_acc"],
-            "teacher_acc": meta.get("test_acc"), "student_steps": d.iterations * d.s_steps,
+            "teacher_acc": meta.get("test_acc"), "student_steps": max(0, d.iterations - d.generator_warmup) * d.s_steps,
             "wall_s": time.perf_counter() - start}
 
 
