@@ -531,6 +531,8 @@ class Distiller:
 
     def _track_finiteness(self, terms: dict[str, torch.Tensor]) -> None:
         """Remember the first iteration with a non-finite loss without a host-device sync."""
+        if not terms:  # an iteration that trained nothing (g_steps=0 inside the generator-only warm-up)
+            return
         bad = ~torch.isfinite(torch.stack([v for v in terms.values()])).all()
         now = torch.full((), self.iteration + 1, device=bad.device)
         if self._first_bad_iteration is None:

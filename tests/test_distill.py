@@ -173,6 +173,15 @@ def test_memory_feeds_the_student_with_past_generator_batches(digits_teacher):
     assert torch.equal(labels.cpu(), torch.arange(len(labels)) % 10)
 
 
+def test_an_iteration_that_trains_nothing_is_fine_and_the_run_goes_on(digits_teacher):
+    # g_steps=0 inside the generator-only warm-up: neither model trains (real_data_ceiling.py relies on it)
+    d = make_distiller(digits_teacher, "distill.g_steps=0", "distill.generator_warmup=2")
+    student_before = [p.clone() for p in d.student.parameters()]
+    summary = d.fit()
+    assert summary["iterations"] == 4 and d.images_seen == 2 * 5 * 20
+    assert any(not torch.equal(a, b) for a, b in zip(student_before, d.student.parameters()))
+
+
 @pytest.mark.parametrize("method", sorted(RECIPES))
 def test_every_method_runs_an_iteration_with_finite_losses(digits_teacher, method):
     d = make_distiller(digits_teacher, f"distill.method={method}")
