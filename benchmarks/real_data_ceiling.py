@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -96,10 +97,11 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     accs = [r["student_acc"] for r in runs]
-    mean = sum(accs) / len(accs)
+    mean = statistics.mean(accs)
+    spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
     print("\n| images | student acc % | seeds | student steps | teacher acc % | wall time per run |")
     print("|---|---|---|---|---|---|")
-    print(f"| real training images, teacher-labelled | {mean:.2f} ({', '.join(f'{a:.2f}' for a in accs)}) "
+    print(f"| real training images, teacher-labelled | {mean:.2f}{spread} ({', '.join(f'{a:.2f}' for a in accs)}) "
           f"| {len(runs)} | {runs[0]['student_steps']:,} | {_percent(runs[0]['teacher_acc'])} "
           f"| {sum(r['wall_s'] for r in runs) / len(runs) / 60:.1f} min |")
     out = Path(args.out)
