@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from cpsc_dfkd.config import resolve
-from cpsc_dfkd.data import load_split
+from cpsc_dfkd.data import TensorImages, load_split
 from cpsc_dfkd.distill import Distiller
 from cpsc_dfkd.errors import UserError
 from cpsc_dfkd.teacher import obtain_teacher
@@ -60,6 +60,9 @@ def parse_args(argv=None):
 
 
 def stacked_images(dataset: torch.utils.data.Dataset) -> torch.Tensor:
+    """All images of a split as one tensor: the one the kit's in-memory data sets already hold, or stacked."""
+    if isinstance(dataset, TensorImages):
+        return dataset.images
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
 
