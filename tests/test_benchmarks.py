@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY, tiny_config
 from PIL import Image
 
 from cpsc_dfkd import data
 from cpsc_dfkd.experiment import run_distillation
+from cpsc_dfkd.teacher import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,12 +26,8 @@ def _load_benchmark(name: str):
     return module
 
 
-def _load_fashion_mnist_benchmark():
-    return _load_benchmark("fashion_mnist")
-
-
 def test_ablation_seeds_give_every_ablation_and_only_the_ablations_extra_seeds():
-    bench = _load_fashion_mnist_benchmark()
+    bench = _load_benchmark("fashion_mnist")
     methods = ["cpsc-dfkd", "dafl", "deepinversion", "cpsc-no-scl", "cpsc-no-bn"]
     runs = bench.first_wave(methods, seeds=3, ablation_seeds=2)
     assert sorted(runs) == sorted([(m, 0) for m in methods] + [("cpsc-dfkd", 1), ("cpsc-dfkd", 2),
@@ -38,7 +36,7 @@ def test_ablation_seeds_give_every_ablation_and_only_the_ablations_extra_seeds()
 
 
 def test_table_counts_a_diverged_seed_and_averages_the_finished_ones():
-    bench = _load_fashion_mnist_benchmark()
+    bench = _load_benchmark("fashion_mnist")
     run = {"wall_s": 60.0, "images_per_s": 100.0, "iterations_per_s": 1.0}
     diverged = {"diverged": "loss term 'g_adv' became non-finite", "student_acc": None}
     text = bench.table({"cpsc-no-bn": [{**run, "student_acc": 10.0}, diverged],
@@ -51,7 +49,7 @@ def test_table_counts_a_diverged_seed_and_averages_the_finished_ones():
 
 
 def test_benchmark_rejects_fewer_than_one_seed_by_name(capsys):
-    bench = _load_fashion_mnist_benchmark()
+    bench = _load_benchmark("fashion_mnist")
     with pytest.raises(SystemExit):
         bench.parse_args(["--ablation-seeds", "0"])
     assert "--ablation-seeds must be at least 1, got 0" in capsys.readouterr().err
@@ -80,9 +78,7 @@ def test_throughput_benchmark_prints_both_tables():
 
 
 def test_throughput_measures_iterations_with_their_student_steps():
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
-    throughput = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(throughput)
+    throughput = _load_benchmark("throughput")
     distiller = throughput.build("digits-demo", ["generator.ngf=8", "distill.batch_size=32",
                                                  "distill.generator_warmup=50"])
     assert distiller.iteration == 50
@@ -91,9 +87,7 @@ def test_throughput_measures_iterations_with_their_student_steps():
 
 def test_members_picture_shows_every_member_of_a_run_and_refuses_a_single_generator(digits_teacher, tmp_path,
                                                                                      capsys):
-    spec = importlib.util.spec_from_file_location("members_picture", ROOT / "benchmarks" / "members_picture.py")
-    picture = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(picture)
+    picture = _load_benchmark("members_picture")
     quiet = {"progress": False, "log": lambda m: None}
     run_distillation(tiny_config("generator.members=2", teacher=digits_teacher), tmp_path / "pair", **quiet)
     assert picture.main([str(tmp_path / "pair"), str(tmp_path / "pair.png"), "--per-member", "3"]) == 0
@@ -105,13 +99,9 @@ def test_members_picture_shows_every_member_of_a_run_and_refuses_a_single_genera
 
 
 def test_real_data_ceiling_trains_the_student_on_real_training_images_labelled_by_the_teacher(digits_teacher):
-    import torch
-
     ceiling = _load_benchmark("real_data_ceiling")
     config = tiny_config(teacher=digits_teacher)
     config.distill.g_steps = 0
-    from cpsc_dfkd.teacher import load_teacher
-
     teacher, _ = load_teacher(digits_teacher, config)
     train_images = ceiling.stacked_images(data.load_split("digits", "train"))
     distiller = ceiling.RealImageDistiller(config, teacher, data.load_split("digits", "test"),
