@@ -145,6 +145,12 @@ class DistillConfig:
     # teacher labels the mix). Generated images sit deep inside their class; mixes fill the space between
     # classes, where the teacher's soft labels carry most information. 0 = off.
     mixup: float = 0.0
+    # Fraction of the student's synthetic images stretched along each axis by up to +-affine_scale and
+    # turned by up to affine_degrees (each image its own draw; the teacher labels the result). A generator
+    # makes few shapes per class; real garments differ in width, length and pose. 0 = off.
+    affine: float = 0.0
+    affine_scale: float = 0.2
+    affine_degrees: float = 10.0
     log_every: int = 10
     eval_every: int = 50
     sample_every: int = 50
@@ -201,6 +207,9 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "distill.generator_warmup": (lambda v: v >= 0, "an integer >= 0"),
     "distill.memory_batches": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "distill.mixup": (lambda v: 0 <= v <= 1, "a fraction between 0 and 1 (0 = off)"),
+    "distill.affine": (lambda v: 0 <= v <= 1, "a fraction between 0 and 1 (0 = off)"),
+    "distill.affine_scale": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "distill.affine_degrees": (lambda v: 0 <= v <= 180, "a number of degrees in [0, 180]"),
     "distill.log_every": (lambda v: v >= 1, "an integer >= 1"),
     "distill.eval_every": (lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
     "distill.sample_every": (lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),

@@ -15,6 +15,7 @@ scikit-learn ships it.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +324,28 @@ def apply_crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: to
     cols = torch.where(flips.to(device)[:, None], cols.flip(1), cols)[:, None, None, :]
     batch = torch.arange(n, device=device)[:, None, None, None]
     return padded[batch, torch.arange(channels, device=device)[None, :, None, None], rows, cols]
+
+
+def draw_affine(n: int, share: float, scale: float, degrees: float, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample affine maps (n x 2 x 3, for ``F.affine_grid``) on the CPU, and which rows they move: a
+    ``share`` of the rows stretch each axis by its own factor in [1 - scale, 1 + scale] and turn by up
+    to ``degrees``; the other rows are the identity."""
+    on = (torch.rand(n, generator=generator) < share).float()
+    stretch = 1 + on[:, None] * scale * (2 * torch.rand(n, 2, generator=generator) - 1)
+    angle = on * math.radians(degrees) * (2 * torch.rand(n, generator=generator) - 1)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # affine_grid maps output to input coordinates: content stretched by s is read at 1 / s.
+    sx, sy, zero = stretch[:, 0], stretch[:, 1], torch.zeros(n)
+    theta = torch.stack([torch.stack([cos / sx, -sin / sx, zero], 1), torch.stack([sin / sy, cos / sy, zero], 1)], 1)
+    return theta, on.bool()
+
+
+def apply_affine(images: torch.Tensor, theta: torch.Tensor, *, fill: tuple[float, ...]) -> torch.Tensor:
+    """Warp each image by its own map (bilinear); pixels from outside the image take ``fill`` per channel."""
+    value = torch.tensor(fill, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images - value, grid, align_corners=False) + value
 
 
 def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None,

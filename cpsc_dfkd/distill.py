@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .config import Config, to_dict
-from .data import apply_crop_flip, dataset_info, denormalise, draw_crop_flip
+from .data import apply_affine, apply_crop_flip, dataset_info, denormalise, draw_affine, draw_crop_flip
 from .errors import UserError
 from .memory import SyntheticMemory
 from .losses import (
@@ -248,6 +248,13 @@ class Distiller:
         mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
         return apply_crop_flip(images, padding, *(d[mine] for d in draws), fill=self.info.black)
 
+    def warp(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image stretches and turns (``distill.affine``), drawn for the global batch like the crops."""
+        d = self.config.distill
+        theta, moved = draw_affine(d.batch_size, d.affine, d.affine_scale, d.affine_degrees, self.noise_rng)
+        rows = self._share(moved).nonzero().squeeze(1)  # only these are resampled: the rest stay exact
+        return images.index_copy(0, rows, apply_affine(images[rows], self._share(theta)[rows], fill=self.info.black))
+
     def mix(self, images: torch.Tensor) -> torch.Tensor:
         """Mixup for the student step: a ``distill.mixup`` share of the rows becomes
         ``w * image + (1 - w) * partner`` with ``w ~ U(0, 1)`` and a random partner from the same rank's
@@ -326,6 +333,8 @@ class Distiller:
         images, y = self.synthetic_batch()
         if cfg.distill.augment:
             images = self.augment(images)
+        if cfg.distill.affine:
+            images = self.warp(images)
         if cfg.distill.mixup:  # the pseudo-label of a mix stays its first image's (only the student CE uses it)
             images = self.mix(images)
         taps = [tap for tap in (self.teacher_taps, self.teacher_hint_taps) if tap is not None]

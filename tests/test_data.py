@@ -111,6 +111,32 @@ def test_crop_flip_moves_each_image_by_its_own_offset_and_mirrors_the_flipped_on
                                             torch.zeros(2, dtype=torch.bool), fill=(0.0,)), images)  # centred crop: unchanged
 
 
+def test_affine_draws_leave_the_other_rows_as_the_identity_and_stay_in_range():
+    theta, moved = data.draw_affine(400, 0.5, 0.2, 10.0, torch.Generator().manual_seed(0))
+    identity = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
+    unchanged = (theta == identity).flatten(1).all(1)
+    assert torch.equal(unchanged, ~moved)
+    assert 120 < unchanged.sum() < 280  # about half the rows
+    moved = theta[~unchanged]
+    assert torch.all(moved[:, :, 2] == 0)  # no shift: the crops do that
+    # each row is R(angle) divided by its stretch: row norms are 1 / stretch, angle from the entries
+    stretch = 1 / moved[:, :, :2].norm(dim=2)
+    assert torch.all((stretch >= 0.8 - 1e-6) & (stretch <= 1.2 + 1e-6))
+    angle = torch.rad2deg(torch.atan2(moved[:, 1, 0], moved[:, 1, 1]))
+    assert torch.all(angle.abs() <= 10 + 1e-4) and angle.abs().max() > 5
+
+
+def test_affine_warp_keeps_identity_rows_and_fills_from_outside_with_black():
+    info = data.dataset_info("fashion-mnist")
+    images = torch.randn(2, 1, 8, 8)
+    shrink = torch.tensor([[[1.0, 0, 0], [0, 1, 0]], [[2.0, 0, 0], [0, 2, 0]]])  # row 2: content at half size
+    out = data.apply_affine(images, shrink, fill=info.black)
+    assert torch.allclose(out[0], images[0], atol=1e-5)
+    assert torch.allclose(out[1, 0, 0], torch.full((8,), info.black[0]))  # the border comes from outside
+    assert torch.allclose(out[1, 0, :, 0], torch.full((8,), info.black[0]))
+    assert not torch.allclose(out[1, 0, 2:6, 2:6], torch.full((4, 4), info.black[0]))  # the image, smaller
+
+
 def test_crops_pad_with_black_as_torchvision_pads_before_normalising():
     info = data.dataset_info("fashion-mnist")
     black = info.black[0]

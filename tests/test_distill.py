@@ -110,6 +110,27 @@ def test_student_step_mixes_a_share_of_the_images_and_the_teacher_labels_the_mix
     assert torch.equal(seen[0][~mixed], plain[~mixed])
 
 
+def test_student_step_warps_a_share_of_the_images_each_by_its_own_draw(digits_teacher):
+    from cpsc_dfkd.data import apply_affine, draw_affine
+
+    seen = []
+    d = make_distiller(digits_teacher, "distill.affine=0.5", "distill.memory_batches=0", "distill.augment=false",
+                       "distill.mixup=0")
+    d.teacher_forward = lambda images, **kw: (seen.append(images.clone()), d.teacher(images, **kw))[1]
+    d.noise_rng.manual_seed(4)
+    d.student_step()
+    d.noise_rng.manual_seed(4)  # replay the stream: the noise, then the maps
+    z, y = d.sample_noise()
+    theta, moved = draw_affine(d.config.distill.batch_size, 0.5, d.config.distill.affine_scale,
+                               d.config.distill.affine_degrees, d.noise_rng)
+    with torch.no_grad():
+        plain = d.generator(z, y)
+    assert torch.allclose(seen[0], apply_affine(plain, theta, fill=d.info.black), atol=1e-5)
+    assert 0 < moved.sum() < len(moved)
+    assert torch.equal(seen[0][~moved], plain[~moved])  # rows left alone are not resampled at all
+    assert not torch.allclose(seen[0][moved], plain[moved], atol=1e-3)
+
+
 def test_generator_jitter_shows_the_models_crops_and_keeps_the_images_as_made_in_memory(digits_teacher):
     from cpsc_dfkd.data import apply_crop_flip, draw_crop_flip
 
@@ -248,11 +269,11 @@ class StopAt(Callback):
             distiller.request_stop()
 
 
-@pytest.mark.parametrize("memory, augment, mixup", [(0, False, 0.0), (3, True, 0.5)])
+@pytest.mark.parametrize("memory, augment, affine, mixup", [(0, False, 0.0, 0.0), (3, True, 0.5, 0.5)])
 def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(digits_teacher, tmp_path, memory,
-                                                                               augment, mixup):
+                                                                               augment, affine, mixup):
     overrides = ["distill.iterations=6", "distill.checkpoint_every=100", f"distill.memory_batches={memory}",
-                 f"distill.augment={str(augment).lower()}", f"distill.mixup={mixup}"]
+                 f"distill.augment={str(augment).lower()}", f"distill.affine={affine}", f"distill.mixup={mixup}"]
     config = tiny_config(*overrides, teacher=digits_teacher)
     run_distillation(config, tmp_path / "straight", progress=False, log=lambda m: None)
     stopped = run_distillation(config, tmp_path / "split", callbacks=[StopAt(3)], progress=False, log=lambda m: None)

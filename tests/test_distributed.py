@@ -34,7 +34,7 @@ def torchrun(*args, nproc=2, timeout=300):
 @pytest.fixture(scope="module")
 def two_and_one(digits_teacher, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    overrides = ["loss.scl=0.7", "distill.student_lr=0.01"]
+    overrides = ["loss.scl=0.7", "distill.student_lr=0.01", "distill.affine=0.5"]  # per-image draws, sliced per rank
     torchrun(WORKER, tmp / "two.pt", digits_teacher, 3, *overrides)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(WORKER), str(tmp / "one.pt"), str(digits_teacher), "3", *overrides],
