@@ -201,7 +201,9 @@ def evaluation_report(teacher: nn.Module, synthetic: torch.Tensor, synthetic_lab
                       real: torch.Tensor, real_labels: torch.Tensor, num_classes: int, nearest_k: int = 5,
                       min_per_class: int = 20) -> dict[str, Any]:
     """Needs the real test split. Fréchet distance on the teacher's features (overall and per class with at
-    least ``min_per_class`` samples on both sides), and precision/recall/density/coverage."""
+    least ``min_per_class`` samples on both sides), and precision/recall/density/coverage. Per class also
+    the spread ratio: the mean distance between two synthetic images of the class over that between two
+    real ones, on the teacher's features (1 = as varied as the real class; a collapsed class is near 0)."""
     from prdc import compute_prdc
 
     s_logits, s_feat = teacher_outputs(teacher, synthetic)
@@ -221,6 +223,8 @@ def evaluation_report(teacher: nn.Module, synthetic: torch.Tensor, synthetic_lab
             kc = max(1, min(nearest_k, len(sc) - 1, len(rc) - 1))
             with contextlib.redirect_stdout(io.StringIO()):
                 entry["coverage"] = float(compute_prdc(real_features=rc, fake_features=sc, nearest_k=kc)["coverage"])
+        if len(sc) >= 2 and len(rc) >= 2:
+            entry["spread_ratio"] = _mean_pairwise(torch.from_numpy(sc)) / _mean_pairwise(torch.from_numpy(rc))
         per_class[c] = entry
     return {"needs_real_data": True, "frechet_distance": frechet_distance(s_np, r_np),
             **{key: float(v) for key, v in overall.items()}, "per_class": per_class, "nearest_k": k}

@@ -81,7 +81,7 @@ def per_class_table(report: GeneratorReport, evaluation: dict[str, Any] | None =
     """A markdown table of the per-class measures, with the collapse flags in words."""
     header = ["class", "cond. acc", "confidence", "entropy", "feat. div", "pixel div", "share"]
     if evaluation:
-        header += ["FD (teacher feats)", "coverage"]
+        header += ["FD (teacher feats)", "coverage", "spread vs real"]
     header.append("flags")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in report.classes:
@@ -90,8 +90,8 @@ def per_class_table(report: GeneratorReport, evaluation: dict[str, Any] | None =
                f"{c.prediction_share:.2f}"]
         if evaluation:
             entry = evaluation["per_class"].get(c.label, {})
-            row += [f"{entry['frechet_distance']:.2f}" if "frechet_distance" in entry else "-",
-                    f"{entry['coverage']:.2f}" if "coverage" in entry else "-"]
+            row += [f"{entry[key]:.2f}" if key in entry else "-"
+                    for key in ("frechet_distance", "coverage", "spread_ratio")]
         row.append("; ".join(c.flags) or "ok")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

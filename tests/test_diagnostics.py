@@ -68,6 +68,12 @@ def test_evaluation_measures_prefer_real_like_samples(teacher_and_real):
     assert real_like["frechet_distance"] < noisy["frechet_distance"]
     assert real_like["coverage"] > noisy["coverage"]
     assert "frechet_distance" in real_like["per_class"][0]
+    # two halves of the real images are about equally varied; one image repeated has no spread at all
+    assert all(0.7 < real_like["per_class"][c]["spread_ratio"] < 1.4 for c in range(10))
+    one_each = torch.cat([images[:half][labels[:half] == c][:1].expand(30, -1, -1, -1) for c in range(10)])
+    collapsed = evaluation_report(teacher, one_each, torch.arange(10).repeat_interleave(30), images[half:],
+                                  labels[half:], 10)
+    assert all(collapsed["per_class"][c]["spread_ratio"] < 1e-3 for c in range(10))
 
 
 @pytest.mark.parametrize("method", ["pca", "umap"])
