@@ -141,6 +141,10 @@ class DistillConfig:
     # Random crops (and flips where the data set allows) of the synthetic images of each student step. The
     # teacher labels the augmented image, so every crop is a new, correctly labelled input for free.
     augment: bool = False
+    # Padding of those crops (shifts of up to this many pixels); null = the data set's (image_size // 8, as in
+    # teacher training and the generator's jitter). Real test images are centred: on real training images
+    # this student loses 2 points to 4-pixel crops (README, "the student step's crops").
+    augment_padding: int | None = None
     # Fraction of the student's synthetic images replaced by a mix of two (mixup with a uniform weight; the
     # teacher labels the mix). Generated images sit deep inside their class; mixes fill the space between
     # classes, where the teacher's soft labels carry most information. 0 = off.
@@ -206,6 +210,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "distill.warmup_iterations": (lambda v: v >= 0, "an integer >= 0"),
     "distill.generator_warmup": (lambda v: v >= 0, "an integer >= 0"),
     "distill.memory_batches": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "distill.augment_padding": (lambda v: v is None or v >= 0, "an integer >= 0, or null for the data set's"),
     "distill.mixup": (lambda v: 0 <= v <= 1, "a fraction between 0 and 1 (0 = off)"),
     "distill.affine": (lambda v: 0 <= v <= 1, "a fraction between 0 and 1 (0 = off)"),
     "distill.affine_scale": (lambda v: 0 <= v < 1, "a number in [0, 1)"),

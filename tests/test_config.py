@@ -56,6 +56,7 @@ def test_every_method_resolves_and_ablations_remove_exactly_their_term():
     ("distill.iterations=abc", "'distill.iterations' must be an integer, got 'abc'"),
     ("distill.iterations=-1", "'distill.iterations' must be an integer >= 0"),
     ("distill.batch_size=1", "'distill.batch_size' must be an integer >= 2"),
+    ("distill.augment_padding=-1", "'distill.augment_padding' must be an integer >= 0, or null"),
     ("loss.scl=-0.5", "'loss.scl' must be a weight >= 0"),
     ("generator.conditional=maybe", "'generator.conditional' must be true or false"),
     ("distill.method=magic", "unknown method 'magic'; valid methods are: cpsc-dfkd"),
