@@ -134,11 +134,16 @@ def test_student_step_warps_a_share_of_the_images_each_by_its_own_draw(digits_te
     assert not torch.allclose(seen[0][moved], plain[moved], atol=1e-3)
 
 
-def test_generator_jitter_shows_the_models_crops_and_keeps_the_images_as_made_in_memory(digits_teacher):
+@pytest.mark.parametrize("student_padding", ["null", "1"])
+def test_generator_jitter_shows_the_models_crops_and_keeps_the_images_as_made_in_memory(digits_teacher,
+                                                                                       student_padding):
+    """The jitter crops with the data set's padding whatever ``distill.augment_padding`` says (that is the
+    student step's alone)."""
     from cpsc_dfkd.data import apply_crop_flip, draw_crop_flip
 
     seen = []
-    d = make_distiller(digits_teacher, "generator.jitter=true", "distill.memory_batches=2")
+    d = make_distiller(digits_teacher, "generator.jitter=true", "distill.memory_batches=2",
+                       f"distill.augment_padding={student_padding}")
     d.teacher_forward = lambda images, **kw: (seen.append(images.detach().clone()), d.teacher(images, **kw))[1]
     d.noise_rng.manual_seed(3)
     d.generator_step()
