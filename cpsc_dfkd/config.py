@@ -145,6 +145,9 @@ class DistillConfig:
     # teacher training and the generator's jitter). Real test images are centred: on real training images
     # this student loses 2 points to 4-pixel crops (README, "the student step's crops").
     augment_padding: int | None = None
+    # Horizontal flips among those augmentations, where the data set allows them (never for digits). Real
+    # Fashion-MNIST shoes all face left: false keeps the student's images as the generator turned them.
+    augment_flips: bool = True
     # Fraction of the student's synthetic images replaced by a mix of two (mixup with a uniform weight; the
     # teacher labels the mix). Generated images sit deep inside their class; mixes fill the space between
     # classes, where the teacher's soft labels carry most information. 0 = off.

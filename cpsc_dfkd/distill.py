@@ -239,12 +239,12 @@ class Distiller:
         with self.precision.autocast():
             return self.generator(z, y), y
 
-    def augment(self, images: torch.Tensor, padding: int | None = None) -> torch.Tensor:
-        """Random crops (``padding`` pixels, default the data set's) and flips, for the student step and the
-        generator's jitter. They are drawn for the whole global batch from the noise stream (identical on
-        every rank, checkpointed); each rank applies its own rows."""
+    def augment(self, images: torch.Tensor, padding: int | None = None, flips: bool = True) -> torch.Tensor:
+        """Random crops (``padding`` pixels, default the data set's) and, if ``flips`` and the data set allows
+        them, flips, for the student step and the generator's jitter. They are drawn for the whole global batch
+        from the noise stream (identical on every rank, checkpointed); each rank applies its own rows."""
         padding = self.info.crop_padding if padding is None else padding
-        draws = draw_crop_flip(self.config.distill.batch_size, padding, self.info.flip, self.noise_rng)
+        draws = draw_crop_flip(self.config.distill.batch_size, padding, flips and self.info.flip, self.noise_rng)
         mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
         return apply_crop_flip(images, padding, *(d[mine] for d in draws), fill=self.info.black)
 
@@ -332,7 +332,7 @@ class Distiller:
         self.student.train()
         images, y = self.synthetic_batch()
         if cfg.distill.augment:
-            images = self.augment(images, cfg.distill.augment_padding)
+            images = self.augment(images, cfg.distill.augment_padding, cfg.distill.augment_flips)
         if cfg.distill.affine:
             images = self.warp(images)
         if cfg.distill.mixup:  # the pseudo-label of a mix stays its first image's (only the student CE uses it)

@@ -72,25 +72,30 @@ def test_class_embeddings_learn_at_their_own_rate(digits_teacher):
     assert len(default.generator_optimizer.param_groups) == 2
 
 
-@pytest.mark.parametrize("augment_padding", [None, 1])
+@pytest.mark.parametrize("augment_padding, flips", [(None, True), (1, True), (1, False)])
 def test_student_step_augments_synthetic_images_and_the_teacher_labels_the_augmented_ones(digits_teacher,
-                                                                                         augment_padding):
+                                                                                         augment_padding, flips):
+    import dataclasses
+
     from cpsc_dfkd.data import apply_crop_flip, draw_crop_flip
 
     seen = []
     d = make_distiller(digits_teacher, "distill.augment=true", "distill.memory_batches=0",
-                       f"distill.augment_padding={'null' if augment_padding is None else augment_padding}")
+                       f"distill.augment_padding={'null' if augment_padding is None else augment_padding}",
+                       f"distill.augment_flips={str(flips).lower()}")
+    d.info = dataclasses.replace(d.info, flip=True)  # digits never flip; pretend they may, to see the option
     d.teacher_forward = lambda images, **kw: (seen.append(images.clone()), d.teacher(images, **kw))[1]
     d.noise_rng.manual_seed(5)
     d.student_step()
     d.noise_rng.manual_seed(5)  # replay the same stream: the noise, then the crops
     z, y = d.sample_noise()
     padding = d.info.crop_padding if augment_padding is None else augment_padding  # the data set's is 4
-    draws = draw_crop_flip(d.config.distill.batch_size, padding, d.info.flip, d.noise_rng)
+    dy, dx, flipped = draw_crop_flip(d.config.distill.batch_size, padding, flips, d.noise_rng)
+    assert flipped.any() == flips
     with torch.no_grad():
         plain = d.generator(z, y)
     assert not torch.allclose(seen[0], plain)
-    assert torch.allclose(seen[0], apply_crop_flip(plain, padding, *draws, fill=d.info.black), atol=1e-6)
+    assert torch.allclose(seen[0], apply_crop_flip(plain, padding, dy, dx, flipped, fill=d.info.black), atol=1e-6)
 
 
 def test_student_step_mixes_a_share_of_the_images_and_the_teacher_labels_the_mixes(digits_teacher):
