@@ -139,23 +139,28 @@ def test_student_step_warps_a_share_of_the_images_each_by_its_own_draw(digits_te
     assert not torch.allclose(seen[0][moved], plain[moved], atol=1e-3)
 
 
-@pytest.mark.parametrize("student_padding", ["null", "1"])
+@pytest.mark.parametrize("student_augment", [("null", "true"), ("1", "false")])
 def test_generator_jitter_shows_the_models_crops_and_keeps_the_images_as_made_in_memory(digits_teacher,
-                                                                                       student_padding):
-    """The jitter crops with the data set's padding whatever ``distill.augment_padding`` says (that is the
-    student step's alone)."""
+                                                                                       student_augment):
+    """The jitter crops and flips as the data set says whatever ``distill.augment_padding`` and
+    ``distill.augment_flips`` say (they are the student step's alone)."""
+    import dataclasses
+
     from cpsc_dfkd.data import apply_crop_flip, draw_crop_flip
 
     seen = []
+    padding, flips = student_augment
     d = make_distiller(digits_teacher, "generator.jitter=true", "distill.memory_batches=2",
-                       f"distill.augment_padding={student_padding}")
+                       f"distill.augment_padding={padding}", f"distill.augment_flips={flips}")
+    d.info = dataclasses.replace(d.info, flip=True)  # digits never flip; pretend they may, to see the flips
     d.teacher_forward = lambda images, **kw: (seen.append(images.detach().clone()), d.teacher(images, **kw))[1]
     d.noise_rng.manual_seed(3)
     d.generator_step()
     stored = d.memory.images[0]
     d.noise_rng.manual_seed(3)
     d.sample_noise()
-    draws = draw_crop_flip(d.config.distill.batch_size, d.info.crop_padding, d.info.flip, d.noise_rng)
+    draws = draw_crop_flip(d.config.distill.batch_size, d.info.crop_padding, True, d.noise_rng)
+    assert draws[2].any()
     assert torch.allclose(seen[0], apply_crop_flip(stored, d.info.crop_padding, *draws, fill=d.info.black),
                           atol=1e-6)
     assert not torch.allclose(seen[0], stored)
