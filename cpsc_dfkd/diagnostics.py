@@ -199,21 +199,29 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluation_report(teacher: nn.Module, synthetic: torch.Tensor, synthetic_labels: torch.Tensor | None,
                       real: torch.Tensor, real_labels: torch.Tensor, num_classes: int, nearest_k: int = 5,
-                      min_per_class: int = 20) -> dict[str, Any]:
+                      min_per_class: int = 20, student: nn.Module | None = None) -> dict[str, Any]:
     """Needs the real test split. Fréchet distance on the teacher's features (overall and per class with at
     least ``min_per_class`` samples on both sides), and precision/recall/density/coverage. Per class also
     the spread ratio: the mean distance between two synthetic images of the class over that between two
-    real ones, on the teacher's features (1 = as varied as the real class; a collapsed class is near 0)."""
+    real ones, on the teacher's features (1 = as varied as the real class; a collapsed class is near 0).
+
+    With a ``student``, per class also the share of images on which the student's top class is the
+    teacher's, on synthetic images of the class and on real ones. A student that agrees on nearly every
+    synthetic image but on far fewer real ones has learnt what the generator makes of that class, and the
+    real class reaches beyond it."""
     from prdc import compute_prdc
 
     s_logits, s_feat = teacher_outputs(teacher, synthetic)
-    _, r_feat = teacher_outputs(teacher, real)
+    r_logits, r_feat = teacher_outputs(teacher, real)
     s_group = synthetic_labels.cpu() if synthetic_labels is not None else s_logits.argmax(1)
     s_np, r_np = s_feat.numpy().astype(np.float64), r_feat.numpy().astype(np.float64)
     k = max(1, min(nearest_k, len(s_np) - 1, len(r_np) - 1))
     quiet = contextlib.redirect_stdout(io.StringIO())  # prdc prints its sample counts
     with quiet:
         overall = compute_prdc(real_features=r_np, fake_features=s_np, nearest_k=k)
+    if student is not None:
+        synthetic_agrees = teacher_outputs(student, synthetic)[0].argmax(1) == s_logits.argmax(1)
+        real_agrees = teacher_outputs(student, real)[0].argmax(1) == r_logits.argmax(1)
     per_class: dict[int, dict[str, float]] = {}
     for c in range(num_classes):
         sc, rc = s_np[(s_group == c).numpy()], r_np[(real_labels.cpu() == c).numpy()]
@@ -225,6 +233,11 @@ def evaluation_report(teacher: nn.Module, synthetic: torch.Tensor, synthetic_lab
                 entry["coverage"] = float(compute_prdc(real_features=rc, fake_features=sc, nearest_k=kc)["coverage"])
         if len(sc) >= 2 and len(rc) >= 2:
             entry["spread_ratio"] = _mean_pairwise(torch.from_numpy(sc)) / _mean_pairwise(torch.from_numpy(rc))
+        if student is not None:
+            for key, agrees, group in (("student_agreement_synthetic", synthetic_agrees, s_group),
+                                       ("student_agreement_real", real_agrees, real_labels.cpu())):
+                if (group == c).any():
+                    entry[key] = float(agrees[group == c].float().mean())
         per_class[c] = entry
     return {"needs_real_data": True, "frechet_distance": frechet_distance(s_np, r_np),
             **{key: float(v) for key, v in overall.items()}, "per_class": per_class, "nearest_k": k}

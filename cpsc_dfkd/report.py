@@ -80,8 +80,12 @@ def real_subset(dataset, per_class: int, num_classes: int, seed: int = 0) -> tup
 def per_class_table(report: GeneratorReport, evaluation: dict[str, Any] | None = None) -> str:
     """A markdown table of the per-class measures, with the collapse flags in words."""
     header = ["class", "cond. acc", "confidence", "entropy", "feat. div", "pixel div", "share"]
+    evaluation_keys = ["frechet_distance", "coverage", "spread_ratio"]
     if evaluation:
         header += ["FD (teacher feats)", "coverage", "spread vs real"]
+        if any("student_agreement_real" in entry for entry in evaluation["per_class"].values()):
+            header += ["student = teacher, synthetic", "student = teacher, real"]
+            evaluation_keys += ["student_agreement_synthetic", "student_agreement_real"]
     header.append("flags")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in report.classes:
@@ -90,8 +94,7 @@ def per_class_table(report: GeneratorReport, evaluation: dict[str, Any] | None =
                f"{c.prediction_share:.2f}"]
         if evaluation:
             entry = evaluation["per_class"].get(c.label, {})
-            row += [f"{entry[key]:.2f}" if key in entry else "-"
-                    for key in ("frechet_distance", "coverage", "spread_ratio")]
+            row += [f"{entry[key]:.2f}" if key in entry else "-" for key in evaluation_keys]
         row.append("; ".join(c.flags) or "ok")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -148,7 +151,8 @@ def diagnose_run(run_dir: Path, per_class: int = 64, use_real: bool = True, proj
     snapshot = take_snapshot(distiller, per_class, real)
     if real is not None:
         images, made_for = distiller.synthesize(per_class)
-        evaluation = evaluation_report(distiller.teacher, images, made_for, real[0], real[1], info.num_classes)
+        evaluation = evaluation_report(distiller.teacher, images, made_for, real[0], real[1], info.num_classes,
+                                       student=distiller.student)
     started = time.perf_counter()
     layout = Projector(projection, seed=distiller.config.seed).project(snapshot.map_inputs()[0])
     log(f"projection of {len(layout)} points took {time.perf_counter() - started:.1f}s")

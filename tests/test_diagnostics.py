@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from cpsc_dfkd.data import load_split
 from cpsc_dfkd.diagnostics import Projector, evaluation_report, generator_report
@@ -76,6 +77,38 @@ def test_evaluation_measures_prefer_real_like_samples(teacher_and_real):
     assert all(collapsed["per_class"][c]["spread_ratio"] < 1e-3 for c in range(10))
 
 
+class _AlwaysFirstClass(nn.Module):
+    """A student that calls every image class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, return_features=False):
+        logits = torch.zeros(len(x), 10)
+        logits[:, 0] = 1.0
+        return (logits, torch.zeros(len(x), 4)) if return_features else logits
+
+
+def test_student_agreement_is_the_share_of_each_class_where_student_and_teacher_pick_the_same(teacher_and_real):
+    teacher, images, labels = teacher_and_real
+    half = len(images) // 2
+    made_for = (labels[:half] + 1) % 10  # a generator whose images the teacher calls the class before: agreement
+    args = (teacher, images[:half], made_for, images[half:], labels[half:], 10)  # is with the teacher, not y
+    assert "student_agreement_real" not in evaluation_report(*args)["per_class"][0]
+    copy = evaluation_report(*args, student=teacher)["per_class"]
+    assert all(copy[c]["student_agreement_synthetic"] == copy[c]["student_agreement_real"] == 1.0 for c in range(10))
+    with torch.no_grad():
+        teacher_says = {"synthetic": teacher(images[:half]).argmax(1), "real": teacher(images[half:]).argmax(1)}
+    groups = {"synthetic": made_for, "real": labels[half:]}
+    first = evaluation_report(*args, student=_AlwaysFirstClass())["per_class"]
+    for c in range(10):
+        for kind in ("synthetic", "real"):
+            expected = float((teacher_says[kind][groups[kind] == c] == 0).float().mean())
+            assert first[c][f"student_agreement_{kind}"] == pytest.approx(expected)
+    assert first[0]["student_agreement_real"] > 0.9 and first[5]["student_agreement_real"] < 0.1
+
+
 @pytest.mark.parametrize("method", ["pca", "umap"])
 def test_projection_is_deterministic_for_a_fixed_seed(method):
     points = np.random.default_rng(0).normal(size=(120, 16)).astype(np.float32)
@@ -121,5 +154,6 @@ def test_diagnose_command_prints_a_per_class_table_and_writes_an_html_report(dig
     out = capsys.readouterr().out
     assert code == 0
     assert "| class | cond. acc |" in out and "Fréchet distance on teacher features" in out
+    assert "student = teacher, synthetic | student = teacher, real |" in out
     html = (tmp_path / "run" / "report.html").read_text()
     assert "plotly" in html and "data:image/png;base64," in html
