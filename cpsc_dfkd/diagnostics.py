@@ -105,13 +105,13 @@ def _diversities(points: torch.Tensor, labels: torch.Tensor, num_classes: int) -
 
 
 @torch.no_grad()
-def teacher_outputs(teacher: nn.Module, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher logits and penultimate features, in eval mode, batched."""
-    teacher.eval()
-    device = next(teacher.parameters()).device
+def model_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """A classifier's (teacher's or student's) logits and penultimate features, in eval mode, batched."""
+    model.eval()
+    device = next(model.parameters()).device
     logits, features = [], []
     for start in range(0, len(images), batch_size):
-        out, feat = teacher(images[start:start + batch_size].to(device), return_features=True)
+        out, feat = model(images[start:start + batch_size].to(device), return_features=True)
         logits.append(out.float().cpu())
         features.append(feat.float().cpu())
     return torch.cat(logits), torch.cat(features)
@@ -125,7 +125,7 @@ def generator_report(teacher: nn.Module, images: torch.Tensor, labels: torch.Ten
     images are then grouped by the teacher's prediction.
     """
     rules = rules or CollapseRules()
-    logits, features = teacher_outputs(teacher, images)
+    logits, features = model_outputs(teacher, images)
     probs = F.softmax(logits, dim=1)
     predicted = probs.argmax(1)
     conditional = labels is not None
@@ -211,8 +211,8 @@ def evaluation_report(teacher: nn.Module, synthetic: torch.Tensor, synthetic_lab
     real class reaches beyond it."""
     from prdc import compute_prdc
 
-    s_logits, s_feat = teacher_outputs(teacher, synthetic)
-    r_logits, r_feat = teacher_outputs(teacher, real)
+    s_logits, s_feat = model_outputs(teacher, synthetic)
+    r_logits, r_feat = model_outputs(teacher, real)
     s_group = synthetic_labels.cpu() if synthetic_labels is not None else s_logits.argmax(1)
     s_np, r_np = s_feat.numpy().astype(np.float64), r_feat.numpy().astype(np.float64)
     k = max(1, min(nearest_k, len(s_np) - 1, len(r_np) - 1))
@@ -220,8 +220,8 @@ def evaluation_report(teacher: nn.Module, synthetic: torch.Tensor, synthetic_lab
     with quiet:
         overall = compute_prdc(real_features=r_np, fake_features=s_np, nearest_k=k)
     if student is not None:
-        synthetic_agrees = teacher_outputs(student, synthetic)[0].argmax(1) == s_logits.argmax(1)
-        real_agrees = teacher_outputs(student, real)[0].argmax(1) == r_logits.argmax(1)
+        synthetic_agrees = model_outputs(student, synthetic)[0].argmax(1) == s_logits.argmax(1)
+        real_agrees = model_outputs(student, real)[0].argmax(1) == r_logits.argmax(1)
     per_class: dict[int, dict[str, float]] = {}
     for c in range(num_classes):
         sc, rc = s_np[(s_group == c).numpy()], r_np[(real_labels.cpu() == c).numpy()]
