@@ -1,6 +1,7 @@
 """The distillation loop: what each step changes, the run directory, every method, exact resume, NaN guard."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -75,8 +76,6 @@ def test_class_embeddings_learn_at_their_own_rate(digits_teacher):
 @pytest.mark.parametrize("augment_padding, flips", [(None, True), (1, True), (1, False)])
 def test_student_step_augments_synthetic_images_and_the_teacher_labels_the_augmented_ones(digits_teacher,
                                                                                          augment_padding, flips):
-    import dataclasses
-
     from cpsc_dfkd.data import apply_crop_flip, draw_crop_flip
 
     seen = []
@@ -144,8 +143,6 @@ def test_generator_jitter_shows_the_models_crops_and_keeps_the_images_as_made_in
                                                                                        student_augment):
     """The jitter crops and flips as the data set says whatever ``distill.augment_padding`` and
     ``distill.augment_flips`` say (they are the student step's alone)."""
-    import dataclasses
-
     from cpsc_dfkd.data import apply_crop_flip, draw_crop_flip
 
     seen = []
