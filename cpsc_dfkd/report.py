@@ -79,14 +79,15 @@ def real_subset(dataset, per_class: int, num_classes: int, seed: int = 0) -> tup
 
 def per_class_table(report: GeneratorReport, evaluation: dict[str, Any] | None = None) -> str:
     """A markdown table of the per-class measures, with the collapse flags in words."""
-    header = ["class", "cond. acc", "confidence", "entropy", "feat. div", "pixel div", "share"]
-    evaluation_keys = ["frechet_distance", "coverage", "spread_ratio"]
+    columns: list[tuple[str, str]] = []  # the evaluation's columns: (title, key of its per-class entries)
     if evaluation:
-        header += ["FD (teacher feats)", "coverage", "spread vs real"]
+        columns = [("FD (teacher feats)", "frechet_distance"), ("coverage", "coverage"),
+                   ("spread vs real", "spread_ratio")]
         if any("student_agreement_real" in entry for entry in evaluation["per_class"].values()):
-            header += ["student = teacher, synthetic", "student = teacher, real"]
-            evaluation_keys += ["student_agreement_synthetic", "student_agreement_real"]
-    header.append("flags")
+            columns += [("student = teacher, synthetic", "student_agreement_synthetic"),
+                        ("student = teacher, real", "student_agreement_real")]
+    header = ["class", "cond. acc", "confidence", "entropy", "feat. div", "pixel div", "share",
+              *(title for title, _ in columns), "flags"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in report.classes:
         row = [c.name, "-" if c.conditional_accuracy is None else f"{c.conditional_accuracy:.2f}",
@@ -94,7 +95,7 @@ def per_class_table(report: GeneratorReport, evaluation: dict[str, Any] | None =
                f"{c.prediction_share:.2f}"]
         if evaluation:
             entry = evaluation["per_class"].get(c.label, {})
-            row += [f"{entry[key]:.2f}" if key in entry else "-" for key in evaluation_keys]
+            row += [f"{entry[key]:.2f}" if key in entry else "-" for _, key in columns]
         row.append("; ".join(c.flags) or "ok")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
