@@ -42,13 +42,14 @@ class Snapshot:
         return np.concatenate(points), np.concatenate(labels), np.concatenate(sources)
 
 
-def take_snapshot(distiller: Distiller, per_class: int = 32, real: tuple[torch.Tensor, torch.Tensor] | None = None
-                  ) -> Snapshot:
+def take_snapshot(distiller: Distiller, per_class: int = 32, real: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  synthetic: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> Snapshot:
     """Data-free diagnostics and contrastive embeddings of ``per_class`` synthetic images per class.
 
     ``real`` (test images and labels) adds real points to the map; it is evaluation-only data.
+    ``synthetic`` is ``distiller.synthesize(per_class)`` if the caller has already made it.
     """
-    images, made_for = distiller.synthesize(per_class)
+    images, made_for = synthetic if synthetic is not None else distiller.synthesize(per_class)
     report = generator_report(distiller.teacher, images, made_for, distiller.info.num_classes,
                               distiller.info.class_names)
     teacher_emb, student_emb = contrastive_embeddings(distiller.teacher, distiller.student,
@@ -149,9 +150,9 @@ def diagnose_run(run_dir: Path, per_class: int = 64, use_real: bool = True, proj
             log(f"evaluation-only measures skipped: {exc}")
         else:
             real = real_subset(test, per_class, info.num_classes)
-    snapshot = take_snapshot(distiller, per_class, real)
+    images, made_for = distiller.synthesize(per_class)
+    snapshot = take_snapshot(distiller, per_class, real, synthetic=(images, made_for))
     if real is not None:
-        images, made_for = distiller.synthesize(per_class)
         evaluation = evaluation_report(distiller.teacher, images, made_for, real[0], real[1], info.num_classes,
                                        student=distiller.student)
     started = time.perf_counter()
