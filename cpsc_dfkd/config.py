@@ -45,6 +45,9 @@ class TeacherConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: bool = True  # random crops (and flips where the data set allows)
+    # Shift of those crops in pixels; null = the data set's (image_size // 8, 4 on 32x32 images). The generator's
+    # jitter keeps the data set's shift whatever this is.
+    augment_padding: int | None = None
 
 
 @dataclass
@@ -193,6 +196,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "teacher.lr": (lambda v: v > 0, "a number > 0"),
     "teacher.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "teacher.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "teacher.augment_padding": (lambda v: v is None or v >= 0, "an integer >= 0, or null for the data set's"),
     "generator.nz": (lambda v: v >= 1, "an integer >= 1"),
     "generator.ngf": (lambda v: v >= 1, "an integer >= 1"),
     "generator.members": (lambda v: v >= 1, "an integer >= 1"),

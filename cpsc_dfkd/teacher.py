@@ -61,6 +61,8 @@ def teacher_cache_path(config: Config) -> Path:
     recipe = {"teacher": to_dict(config)["teacher"], "data": config.data.name, "seed": config.seed,
               "crop_fill": "black"}
     recipe["teacher"].pop("checkpoint", None)
+    if recipe["teacher"].get("augment_padding") is None:  # the default keeps the hashes of teachers cached before
+        recipe["teacher"].pop("augment_padding", None)      # the option existed
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     return base / "teachers" / f"{config.data.name}-{config.teacher.arch}-{digest}.pt"
 
@@ -81,13 +83,14 @@ def train_teacher(config: Config, out_path: Path | None = None, log: Callable[[s
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     total_steps = tc.epochs * steps_per_epoch
     shuffle_rng = torch.Generator().manual_seed(config.seed)
+    padding = info.crop_padding if tc.augment_padding is None else tc.augment_padding
     start, step = time.time(), 0
     for epoch in range(tc.epochs):
         model.train()
         running = 0.0
         for images, labels in iterate_batches(train_set, tc.batch_size, shuffle=True, generator=shuffle_rng):
             if tc.augment:
-                images = random_crop_flip(images, padding=info.crop_padding, flip=info.flip, generator=shuffle_rng,
+                images = random_crop_flip(images, padding=padding, flip=info.flip, generator=shuffle_rng,
                                           fill=info.black)
             images, labels = images.to(device), labels.to(device)
             set_lr(optimizer, lr_at(step, tc.lr, total_steps, warmup_steps=steps_per_epoch // 2))
