@@ -47,6 +47,10 @@ class DatasetInfo:
         """Padding of the random-crop augmentation (teacher training, student steps, generator jitter)."""
         return self.image_size // 8
 
+    def padding_or_default(self, padding: int | None) -> int:
+        """A configured crop padding, where null means the data set's (``crop_padding``)."""
+        return self.crop_padding if padding is None else padding
+
     @property
     def white(self) -> tuple[float, ...]:
         """A white pixel (value 1) after normalisation, per channel."""

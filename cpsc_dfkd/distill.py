@@ -243,7 +243,7 @@ class Distiller:
         """Random crops (``padding`` pixels, default the data set's) and, if ``flips`` and the data set allows
         them, flips, for the student step and the generator's jitter. They are drawn for the whole global batch
         from the noise stream (identical on every rank, checkpointed); each rank applies its own rows."""
-        padding = self.info.crop_padding if padding is None else padding
+        padding = self.info.padding_or_default(padding)
         draws = draw_crop_flip(self.config.distill.batch_size, padding, flips and self.info.flip, self.noise_rng)
         mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
         return apply_crop_flip(images, padding, *(d[mine] for d in draws), fill=self.info.black)

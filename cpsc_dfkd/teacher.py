@@ -56,13 +56,12 @@ def evaluate(model: nn.Module, dataset: torch.utils.data.Dataset, device: torch.
 def teacher_cache_path(config: Config) -> Path:
     """Where a teacher trained with this config is cached: ``$CPSC_DFKD_CACHE`` or ``~/.cache/cpsc-dfkd``."""
     base = Path(os.environ.get("CPSC_DFKD_CACHE", Path.home() / ".cache" / "cpsc-dfkd")).expanduser()
+    # Unset optional fields (None) are left out, so adding one keeps the keys of teachers cached before it.
+    training = {key: value for key, value in to_dict(config)["teacher"].items()
+                if key != "checkpoint" and value is not None}
     # "crop_fill": teachers cached before crops padded with black (they padded with the data's mean grey) are
     # not reused.
-    recipe = {"teacher": to_dict(config)["teacher"], "data": config.data.name, "seed": config.seed,
-              "crop_fill": "black"}
-    recipe["teacher"].pop("checkpoint", None)
-    if recipe["teacher"].get("augment_padding") is None:  # the default keeps the hashes of teachers cached before
-        recipe["teacher"].pop("augment_padding", None)      # the option existed
+    recipe = {"teacher": training, "data": config.data.name, "seed": config.seed, "crop_fill": "black"}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     return base / "teachers" / f"{config.data.name}-{config.teacher.arch}-{digest}.pt"
 
@@ -83,7 +82,7 @@ def train_teacher(config: Config, out_path: Path | None = None, log: Callable[[s
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     total_steps = tc.epochs * steps_per_epoch
     shuffle_rng = torch.Generator().manual_seed(config.seed)
-    padding = info.crop_padding if tc.augment_padding is None else tc.augment_padding
+    padding = info.padding_or_default(tc.augment_padding)
     start, step = time.time(), 0
     for epoch in range(tc.epochs):
         model.train()
