@@ -75,6 +75,19 @@ def test_throughput_benchmark_prints_both_tables():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| generator step |" in result.stdout and "| model forward backward |" in result.stdout
+    assert "| forward and backward |" in result.stdout
+
+
+def test_throughput_clock_splits_an_iteration_and_leaves_the_models_as_they_were():
+    throughput = _load_benchmark("throughput")
+    distiller = throughput.build("digits-demo", ["generator.ngf=8", "distill.batch_size=32"])
+    plain_backward = torch.Tensor.backward
+    shares = throughput.unprofiled_iterations(distiller, 2)
+    assert shares["forward"] > 0 and shares["backward"] > 0 and shares["other"] >= 0
+    assert shares["forward"] + shares["backward"] + shares["other"] == pytest.approx(1.0)
+    assert torch.Tensor.backward is plain_backward
+    networks = (distiller.teacher, distiller.student, distiller.generator, distiller.projection_head)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in networks)
 
 
 def test_throughput_measures_iterations_with_their_student_steps():
