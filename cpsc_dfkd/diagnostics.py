@@ -208,7 +208,8 @@ def evaluation_report(teacher: nn.Module, synthetic: torch.Tensor, synthetic_lab
     With a ``student``, per class also the share of images on which the student's top class is the
     teacher's, on synthetic images of the class and on real ones. A student that agrees on nearly every
     synthetic image but on far fewer real ones has learnt what the generator makes of that class, and the
-    real class reaches beyond it."""
+    real class reaches beyond it. ``disagreements`` then lists, most frequent first, the pairs (teacher's
+    class, student's class) on real images where the two differ, and how often each was right."""
     from prdc import compute_prdc
 
     s_logits, s_feat = model_outputs(teacher, synthetic)
@@ -221,7 +222,8 @@ def evaluation_report(teacher: nn.Module, synthetic: torch.Tensor, synthetic_lab
         overall = compute_prdc(real_features=r_np, fake_features=s_np, nearest_k=k)
     if student is not None:
         synthetic_agrees = model_outputs(student, synthetic)[0].argmax(1) == s_logits.argmax(1)
-        real_agrees = model_outputs(student, real)[0].argmax(1) == r_logits.argmax(1)
+        real_student_says = model_outputs(student, real)[0].argmax(1)
+        real_agrees = real_student_says == r_logits.argmax(1)
     per_class: dict[int, dict[str, float]] = {}
     for c in range(num_classes):
         sc, rc = s_np[(s_group == c).numpy()], r_np[(real_labels.cpu() == c).numpy()]
@@ -239,8 +241,28 @@ def evaluation_report(teacher: nn.Module, synthetic: torch.Tensor, synthetic_lab
                 if (group == c).any():
                     entry[key] = float(agrees[group == c].float().mean())
         per_class[c] = entry
-    return {"needs_real_data": True, "frechet_distance": frechet_distance(s_np, r_np),
-            **{key: float(v) for key, v in overall.items()}, "per_class": per_class, "nearest_k": k}
+    report = {"needs_real_data": True, "frechet_distance": frechet_distance(s_np, r_np),
+              **{key: float(v) for key, v in overall.items()}, "per_class": per_class, "nearest_k": k}
+    if student is not None:
+        report["disagreements"] = disagreement_pairs(r_logits.argmax(1), real_student_says, real_labels.cpu())
+    return report
+
+
+def disagreement_pairs(teacher_says: torch.Tensor, student_says: torch.Tensor, labels: torch.Tensor,
+                       top: int = 8) -> list[dict[str, int]]:
+    """The ``top`` most frequent (teacher's class, student's class) pairs among images where they differ,
+    each with its count and how many of those images each of the two labelled correctly."""
+    differ = teacher_says != student_says
+    pairs = torch.stack([teacher_says[differ], student_says[differ]], 1)
+    if not len(pairs):
+        return []
+    found, counts = pairs.unique(dim=0, return_counts=True)
+    rows = []
+    for (t, s), n in sorted(zip(found.tolist(), counts.tolist()), key=lambda row: -row[1])[:top]:
+        these = differ & (teacher_says == t) & (student_says == s)
+        rows.append({"teacher": t, "student": s, "count": n, "teacher_right": int((labels[these] == t).sum()),
+                     "student_right": int((labels[these] == s).sum())})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------- embeddings

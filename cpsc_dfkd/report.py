@@ -112,6 +112,13 @@ def summary_lines(report: GeneratorReport, evaluation: dict[str, Any] | None) ->
         lines.append(f"[needs real test data] Fréchet distance on teacher features: {evaluation['frechet_distance']:.3f}; "
                      f"precision {evaluation['precision']:.3f}, recall {evaluation['recall']:.3f}, "
                      f"density {evaluation['density']:.3f}, coverage {evaluation['coverage']:.3f}")
+    if evaluation and evaluation.get("disagreements"):
+        name = {c.label: c.name for c in report.classes}
+        pairs = "; ".join(f"{name[d['teacher']]} -> {name[d['student']]}: {d['count']} (teacher right "
+                          f"{d['teacher_right']}, student right {d['student_right']})"
+                          for d in evaluation["disagreements"][:5])
+        lines.append(f"[needs real test data] where student and teacher differ on real images, teacher's class -> "
+                     f"student's: {pairs}")
     return lines
 
 

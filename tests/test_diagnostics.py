@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cpsc_dfkd.data import load_split
-from cpsc_dfkd.diagnostics import Projector, evaluation_report, generator_report
+from cpsc_dfkd.diagnostics import Projector, disagreement_pairs, evaluation_report, generator_report
 from cpsc_dfkd.teacher import load_teacher
 
 from conftest import tiny_config
@@ -109,6 +109,29 @@ def test_student_agreement_is_the_share_of_each_class_where_student_and_teacher_
     assert first[0]["student_agreement_real"] > 0.9 and first[5]["student_agreement_real"] < 0.1
 
 
+def test_disagreement_pairs_count_each_teacher_student_pair_and_who_was_right():
+    teacher_says = torch.tensor([6, 6, 6, 6, 2, 2, 4, 1])
+    student_says = torch.tensor([0, 0, 0, 4, 4, 2, 4, 1])
+    labels = torch.tensor([6, 6, 0, 4, 4, 2, 4, 1])
+    assert disagreement_pairs(teacher_says, student_says, labels) == [
+        {"teacher": 6, "student": 0, "count": 3, "teacher_right": 2, "student_right": 1},
+        {"teacher": 2, "student": 4, "count": 1, "teacher_right": 0, "student_right": 1},
+        {"teacher": 6, "student": 4, "count": 1, "teacher_right": 0, "student_right": 1}]
+    assert disagreement_pairs(teacher_says, teacher_says, labels) == []
+    assert len(disagreement_pairs(teacher_says, student_says, labels, top=1)) == 1
+
+
+def test_evaluation_lists_disagreements_only_with_a_student(teacher_and_real):
+    teacher, images, labels = teacher_and_real
+    half = len(images) // 2
+    args = (teacher, images[:half], labels[:half], images[half:], labels[half:], 10)
+    assert "disagreements" not in evaluation_report(*args)
+    assert evaluation_report(*args, student=teacher)["disagreements"] == []
+    pairs = evaluation_report(*args, student=_AlwaysFirstClass())["disagreements"]
+    assert pairs and all(p["student"] == 0 and p["teacher"] != 0 for p in pairs)
+    assert [p["count"] for p in pairs] == sorted((p["count"] for p in pairs), reverse=True)
+
+
 @pytest.mark.parametrize("method", ["pca", "umap"])
 def test_projection_is_deterministic_for_a_fixed_seed(method):
     points = np.random.default_rng(0).normal(size=(120, 16)).astype(np.float32)
@@ -155,5 +178,6 @@ def test_diagnose_command_prints_a_per_class_table_and_writes_an_html_report(dig
     assert code == 0
     assert "| class | cond. acc |" in out and "Fréchet distance on teacher features" in out
     assert "student = teacher, synthetic | student = teacher, real |" in out
+    assert "where student and teacher differ on real images, teacher's class -> student's:" in out  # a 4-step student
     html = (tmp_path / "run" / "report.html").read_text()
     assert "plotly" in html and "data:image/png;base64," in html
