@@ -48,6 +48,11 @@ class TeacherConfig:
     # Shift of those crops in pixels; null = the data set's (image_size // 8, 4 on 32x32 images). The generator's
     # jitter keeps the data set's shift whatever this is.
     augment_padding: int | None = None
+    # Stochastic weight averaging (Izmailov et al. 2018): null = off; N = the lr's cosine runs over the first
+    # epochs - N epochs down to swa_lr, stays there for the last N, and the weights of those N epochs' ends are
+    # averaged, with BatchNorm statistics recomputed on the training images afterwards.
+    swa_epochs: int | None = None
+    swa_lr: float | None = None  # null = lr / 5
 
 
 @dataclass
@@ -197,6 +202,8 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "teacher.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "teacher.weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "teacher.augment_padding": (lambda v: v is None or v >= 0, "an integer >= 0, or null for the data set's"),
+    "teacher.swa_epochs": (lambda v: v is None or v >= 1, "an integer >= 1, or null for no weight averaging"),
+    "teacher.swa_lr": (lambda v: v is None or v > 0, "a number > 0, or null for lr / 5"),
     "generator.nz": (lambda v: v >= 1, "an integer >= 1"),
     "generator.ngf": (lambda v: v >= 1, "an integer >= 1"),
     "generator.members": (lambda v: v >= 1, "an integer >= 1"),
@@ -313,6 +320,10 @@ def validate(config: Config) -> Config:
                 f"{', '.join(models.list_models())}"
             )
     methods.get_recipe(config.distill.method)
+    swa = config.teacher.swa_epochs
+    if swa is not None and swa >= config.teacher.epochs:
+        raise UserError(f"teacher.swa_epochs ({swa}) must be smaller than teacher.epochs ({config.teacher.epochs}): "
+                        "the weights are averaged over the last swa_epochs epochs of the run")
     if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
         raise UserError(f"config field 'device' must be auto, cpu, cuda or cuda:N, got {config.device!r}")
     return config

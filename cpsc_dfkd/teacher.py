@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 from . import distributed
 from .config import Config, to_dict
@@ -66,6 +67,20 @@ def teacher_cache_path(config: Config) -> Path:
     return base / "teachers" / f"{config.data.name}-{config.teacher.arch}-{digest}.pt"
 
 
+def teacher_lr(step: int, tc: Any, steps_per_epoch: int) -> float:
+    """The teacher's learning rate at ``step``: a half-epoch warm-up, then cosine decay to zero at the end of
+    training; with ``swa_epochs`` the cosine ends at ``swa_lr`` where the last swa_epochs epochs begin and the lr
+    stays there while their weights are averaged."""
+    warmup = steps_per_epoch // 2
+    if tc.swa_epochs is None:
+        return lr_at(step, tc.lr, tc.epochs * steps_per_epoch, warmup_steps=warmup)
+    swa_lr = tc.lr / 5 if tc.swa_lr is None else tc.swa_lr
+    decay_steps = (tc.epochs - tc.swa_epochs) * steps_per_epoch
+    if step >= decay_steps:
+        return swa_lr
+    return swa_lr + (tc.lr - swa_lr) * lr_at(step, 1.0, decay_steps, warmup_steps=warmup)
+
+
 def train_teacher(config: Config, out_path: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``config.teacher.arch`` on the real training split and save a teacher checkpoint."""
     info = dataset_info(config.data.name)
@@ -80,19 +95,23 @@ def train_teacher(config: Config, out_path: Path | None = None, log: Callable[[s
                                 nesterov=tc.momentum > 0)
     scaler = precision.make_scaler()
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
-    total_steps = tc.epochs * steps_per_epoch
     shuffle_rng = torch.Generator().manual_seed(config.seed)
     padding = info.padding_or_default(tc.augment_padding)
-    start, step = time.time(), 0
-    for epoch in range(tc.epochs):
-        model.train()
-        running = 0.0
+
+    def training_batches():
         for images, labels in iterate_batches(train_set, tc.batch_size, shuffle=True, generator=shuffle_rng):
             if tc.augment:
                 images = random_crop_flip(images, padding=padding, flip=info.flip, generator=shuffle_rng,
                                           fill=info.black)
-            images, labels = images.to(device), labels.to(device)
-            set_lr(optimizer, lr_at(step, tc.lr, total_steps, warmup_steps=steps_per_epoch // 2))
+            yield images.to(device), labels.to(device)
+
+    averaged = AveragedModel(model) if tc.swa_epochs else None
+    start, step = time.time(), 0
+    for epoch in range(tc.epochs):
+        model.train()
+        running = 0.0
+        for images, labels in training_batches():
+            set_lr(optimizer, teacher_lr(step, tc, steps_per_epoch))
             with precision.autocast():
                 loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -101,10 +120,16 @@ def train_teacher(config: Config, out_path: Path | None = None, log: Callable[[s
             scaler.update()
             running += loss.detach()
             step += 1
+        if averaged is not None and epoch >= tc.epochs - tc.swa_epochs:
+            averaged.update_parameters(model)
         if (epoch + 1) % max(1, tc.epochs // 5) == 0 or epoch + 1 == tc.epochs:
             acc = evaluate(model, test_set, device, config.data.eval_batch_size, precision.autocast)
             log(f"teacher epoch {epoch + 1}/{tc.epochs}: loss {float(running) / steps_per_epoch:.4f}, "
                 f"test acc {acc:.2f}% ({time.time() - start:.0f}s)")
+    if averaged is not None:
+        model.load_state_dict(averaged.module.state_dict())
+        update_bn(training_batches(), model)  # the averaged weights need their own BatchNorm statistics
+        log(f"teacher: weights averaged over the last {tc.swa_epochs} epoch{'s' if tc.swa_epochs > 1 else ''}")
     test_acc = evaluate(model, test_set, device, config.data.eval_batch_size)
     state = {
         "kind": "teacher", "format": TEACHER_FORMAT, "arch": tc.arch, "dataset": info.name,
