@@ -21,7 +21,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from . import distributed
-from .config import Config, to_dict
+from .config import Config, TeacherConfig, to_dict
 from .data import dataset_info, iterate_batches, load_split, random_crop_flip
 from .errors import UserError
 from .models import create_model
@@ -67,7 +67,7 @@ def teacher_cache_path(config: Config) -> Path:
     return base / "teachers" / f"{config.data.name}-{config.teacher.arch}-{digest}.pt"
 
 
-def teacher_lr(step: int, tc: Any, steps_per_epoch: int) -> float:
+def teacher_lr(step: int, tc: TeacherConfig, steps_per_epoch: int) -> float:
     """The teacher's learning rate at ``step``: a half-epoch warm-up, then cosine decay to zero at the end of
     training; with ``swa_epochs`` the cosine ends at ``swa_lr`` where the last swa_epochs epochs begin and the lr
     stays there while their weights are averaged."""
