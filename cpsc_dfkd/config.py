@@ -108,6 +108,10 @@ class LossConfig:
     # Weight of the pseudo cross-entropy in the student step; null = the same as ce (the paper). 0 leaves the
     # student to learn from the teacher's soft labels alone.
     student_ce: float | None = None
+    # Not in the paper: each generator's pseudo CE (G step) reads only its own fixed random share of the
+    # teacher's penultimate features, the rest zeroed and the kept ones scaled by 1 / share; 1 = all of them.
+    # Each generator then has to show the class through different evidence (README, tuning log CUE).
+    ce_feature_share: float = 1.0
     # Not in the paper: mode seeking (Mao et al. 2019) against a class collapsing onto one image (G step).
     diversity: float = 0.0
     scl_temperature: float = 0.07
@@ -214,6 +218,8 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "loss.scl_temperature": (lambda v: v > 0, "a number > 0"),
     "loss.bn_first_layer_weight": (lambda v: v >= 0, "a number >= 0"),
     "loss.kd_temperature": (lambda v: v > 0, "a number > 0"),
+    "loss.ce_feature_share": (lambda v: 0 < v <= 1, "a number in (0, 1] (1 = every generator's CE reads all "
+                                                   "of the teacher's features)"),
     "distill.iterations": (lambda v: v >= 0, "an integer >= 0"),
     "distill.batch_size": (lambda v: v >= 2, "an integer >= 2 (BatchNorm and SupCon need pairs)"),
     "distill.g_steps": (lambda v: v >= 0, "an integer >= 0"),

@@ -46,6 +46,7 @@ from .losses import (
     activation_loss,
     attention_transfer_loss,
     channel_hint_loss,
+    feature_share_masks,
     ikd_loss,
     information_entropy_loss,
     mode_seeking_loss,
@@ -55,7 +56,7 @@ from .losses import (
     teacher_student_distance,
     total_variation_loss,
 )
-from .models import create_generator, create_model
+from .models import GeneratorEnsemble, create_generator, create_model
 from .runs import check_state_dict, load_checkpoint, save_checkpoint
 from .runtime import (
     capture_rng_state,
@@ -161,6 +162,14 @@ class Distiller:
         if self.bn_statistics is not None and self.bn_statistics.num_layers == 0:
             raise UserError(f"loss.bn > 0 needs a teacher with BatchNorm layers, and {config.teacher.arch} has none; "
                             "use a *_bn teacher or --set loss.bn=0")
+        self.ce_feature_masks = None  # each generator's share of the teacher's features for its pseudo CE
+        if loss.ce_feature_share < 1:
+            if not hasattr(self.teacher, "classify"):
+                raise UserError(f"loss.ce_feature_share < 1 needs a teacher with a classify(features) method, and "
+                                f"{config.teacher.arch} has none; use a kit model or --set loss.ce_feature_share=1")
+            members = len(self.generator.members) if isinstance(self.generator, GeneratorEnsemble) else 1
+            self.ce_feature_masks = feature_share_masks(members, self.teacher.feature_dim, loss.ce_feature_share,
+                                                        config.seed).to(self.device)
         self.teacher_hint_taps = self.student_hint_taps = None
         if loss.hint > 0:
             self.teacher_hint_taps = ActivationTap([t for t, _, _ in self.hint_pairs])
@@ -270,6 +279,19 @@ class Distiller:
         """The conditional generator's own labels; an unconditional one borrows the teacher's argmax."""
         return y if self.generator.conditional else teacher_logits.detach().argmax(1)
 
+    def _ce_logits(self, t_logits: torch.Tensor, t_features: torch.Tensor, z: torch.Tensor,
+                   y: torch.Tensor | None) -> torch.Tensor:
+        """The teacher logits the generators' pseudo CE reads: from all of the teacher's features, or with
+        ``loss.ce_feature_share`` < 1 from the share that belongs to the generator that made each row."""
+        if self.ce_feature_masks is None:
+            return t_logits
+        if isinstance(self.generator, GeneratorEnsemble):
+            owner = self.generator.assign(z.shape[0], y).to(self.device)
+        else:
+            owner = torch.zeros(z.shape[0], dtype=torch.long, device=self.device)
+        shared = t_features.float() * self.ce_feature_masks[owner] / self.config.loss.ce_feature_share
+        return self.teacher.classify(shared)
+
     # -------------------------------------------------------------------------------------------- steps
     def generator_step(self) -> dict[str, torch.Tensor]:
         cfg, w = self.config, self.config.loss
@@ -307,7 +329,8 @@ class Distiller:
                                  F.normalize(t_features.float(), dim=1)], dim=1)
             terms["g_scl"] = w.scl * supervised_contrastive_loss(views, labels, w.scl_temperature)
         if w.ce:
-            terms["g_ce"] = w.ce * pseudo_cross_entropy(t_logits, labels, on_softmax=w.ce_on_softmax)
+            terms["g_ce"] = w.ce * pseudo_cross_entropy(self._ce_logits(t_logits, t_features, z, y), labels,
+                                                        on_softmax=w.ce_on_softmax)
         if w.diversity:
             terms["g_diversity"] = w.diversity * mode_seeking_loss(images.float(), z, self.info.num_classes)
         if w.one_hot:

@@ -48,6 +48,14 @@ def pseudo_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, on_softmax:
     return F.cross_entropy(logits, labels)
 
 
+def feature_share_masks(members: int, dim: int, share: float, seed: int) -> torch.Tensor:
+    """One fixed random 0/1 mask per generator over the teacher's ``dim`` penultimate features, each keeping
+    ``round(share * dim)`` of them (at least one): rows ``[members, dim]``, drawn from ``seed`` alone."""
+    rng = torch.Generator().manual_seed(seed)
+    kept = max(1, round(share * dim))
+    return torch.stack([(torch.randperm(dim, generator=rng) < kept).float() for _ in range(members)])
+
+
 def supervised_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """SupCon (Khosla et al. 2020) over ``features`` of shape [batch, views, dim] (L2-normalised here).
 

@@ -58,6 +58,8 @@ def test_every_method_resolves_and_ablations_remove_exactly_their_term():
     ("distill.batch_size=1", "'distill.batch_size' must be an integer >= 2"),
     ("distill.augment_padding=-1", "'distill.augment_padding' must be an integer >= 0, or null"),
     ("loss.scl=-0.5", "'loss.scl' must be a weight >= 0"),
+    ("loss.ce_feature_share=0", r"'loss.ce_feature_share' must be a number in \(0, 1\]"),
+    ("loss.ce_feature_share=1.5", r"'loss.ce_feature_share' must be a number in \(0, 1\]"),
     ("generator.conditional=maybe", "'generator.conditional' must be true or false"),
     ("distill.method=magic", "unknown method 'magic'; valid methods are: cpsc-dfkd"),
     ("data.name=imagenet", "unknown data set 'imagenet'; valid data sets are: .*fashion-mnist"),

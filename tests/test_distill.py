@@ -392,3 +392,20 @@ def test_generator_ensemble_trains_every_member_and_survives_a_checkpoint(digits
     z, y = d.sample_noise()
     d.generator.eval(), again.generator.eval()
     torch.testing.assert_close(again.generator(z, y), d.generator(z, y))
+
+
+def test_each_generators_pseudo_ce_reads_only_its_share_of_the_teacher_features(digits_teacher):
+    d = make_distiller(digits_teacher, "generator.members=2", "loss.ce_feature_share=0.5")
+    z, y = d.sample_noise()
+    with torch.no_grad():
+        t_logits, t_features = d.teacher(d.generator(z, y), return_features=True)
+    t_features.requires_grad_(True)
+    owner = d.generator.assign(z.shape[0], y)
+    logits = d._ce_logits(t_logits, t_features, z, y)
+    torch.testing.assert_close(logits, d.teacher.classify(t_features * d.ce_feature_masks[owner] * 2))
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    assert torch.all(t_features.grad[d.ce_feature_masks[owner] == 0] == 0)
+    assert t_features.grad.abs().sum() > 0
+    assert "g_ce" in d.generator_step()
+    whole = make_distiller(digits_teacher, "generator.members=2")
+    assert whole.ce_feature_masks is None and whole._ce_logits(t_logits, t_features, z, y) is t_logits

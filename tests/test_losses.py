@@ -13,6 +13,7 @@ from cpsc_dfkd.losses import (
     BatchNormStatistics,
     activation_loss,
     attention_transfer_loss,
+    feature_share_masks,
     ikd_loss,
     information_entropy_loss,
     kl_divergence,
@@ -172,3 +173,14 @@ def test_activation_tap_keeps_outputs_only_while_active():
     tap.active = True
     layer(torch.ones(1))
     assert len(tap.take()) == 1
+
+
+def test_feature_share_masks_keep_the_share_per_generator_and_depend_on_the_seed_alone():
+    masks = feature_share_masks(members=8, dim=84, share=0.5, seed=3)
+    assert masks.shape == (8, 84)
+    assert set(masks.unique().tolist()) == {0.0, 1.0}
+    assert masks.sum(1).tolist() == [42.0] * 8
+    assert len({tuple(row.tolist()) for row in masks}) == 8  # every generator reads its own share
+    assert torch.equal(masks, feature_share_masks(8, 84, 0.5, seed=3))
+    assert not torch.equal(masks, feature_share_masks(8, 84, 0.5, seed=4))
+    assert feature_share_masks(2, 10, 0.01, seed=0).sum(1).tolist() == [1.0, 1.0]  # never an empty share

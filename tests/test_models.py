@@ -62,6 +62,7 @@ def test_every_classifier_returns_penultimate_features(name):
     logits, features = model(torch.randn(2, channels, 32, 32), return_features=True)
     assert logits.shape == (2, 7)
     assert features.shape == (2, model.feature_dim)
+    torch.testing.assert_close(model.classify(features), logits)
 
 
 def test_lenet_with_batchnorm_has_batchnorm_layers():

@@ -2,7 +2,8 @@
 
 Classifiers share one calling convention: ``model(x)`` returns logits and
 ``model(x, return_features=True)`` returns ``(logits, penultimate_features)``; the features
-are what the contrastive loss and the diagnostics look at.
+are what the contrastive loss and the diagnostics look at, and ``model.classify(features)`` maps them to
+the logits (the last, linear layer).
 """
 from __future__ import annotations
 

@@ -32,8 +32,12 @@ class LeNet5(nn.Module):
     def forward(self, x: torch.Tensor, return_features: bool = False):
         x = self.features(x).flatten(1)
         features = self.fc[1](self.fc[0](x))
-        logits = self.fc[2](features)
+        logits = self.classify(features)
         return (logits, features) if return_features else logits
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from penultimate features (the last, linear layer)."""
+        return self.fc[2](features)
 
     def attention_points(self) -> list[nn.Module]:
         """Modules whose outputs feed attention transfer (after each pooling stage)."""

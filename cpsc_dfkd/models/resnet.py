@@ -51,8 +51,12 @@ class ResNet(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         features = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        logits = self.linear(features)
+        logits = self.classify(features)
         return (logits, features) if return_features else logits
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from penultimate features (the last, linear layer)."""
+        return self.linear(features)
 
     def attention_points(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]

@@ -40,8 +40,12 @@ class VGG(nn.Module):
             if i < 3 or (i == 3 and size >= 64):
                 x = F.max_pool2d(x, 2)
         features = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        logits = self.classifier(features)
+        logits = self.classify(features)
         return (logits, features) if return_features else logits
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from penultimate features (the last, linear layer)."""
+        return self.classifier(features)
 
     def attention_points(self) -> list[nn.Module]:
         return [getattr(self, f"block{i}") for i in range(self.num_blocks)]

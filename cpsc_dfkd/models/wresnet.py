@@ -55,8 +55,12 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor, return_features: bool = False):
         out = self.block3(self.block2(self.block1(self.conv1(x))))
         features = F.adaptive_avg_pool2d(F.relu(self.bn1(out)), 1).flatten(1)
-        logits = self.fc(features)
+        logits = self.classify(features)
         return (logits, features) if return_features else logits
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from penultimate features (the last, linear layer)."""
+        return self.fc(features)
 
     def attention_points(self) -> list[nn.Module]:
         return [self.block1, self.block2, self.block3]
