@@ -56,7 +56,7 @@ from .losses import (
     teacher_student_distance,
     total_variation_loss,
 )
-from .models import GeneratorEnsemble, create_generator, create_model
+from .models import create_generator, create_model
 from .runs import check_state_dict, load_checkpoint, save_checkpoint
 from .runtime import (
     capture_rng_state,
@@ -167,9 +167,8 @@ class Distiller:
             if not hasattr(self.teacher, "classify"):
                 raise UserError(f"loss.ce_feature_share < 1 needs a teacher with a classify(features) method, and "
                                 f"{config.teacher.arch} has none; use a kit model or --set loss.ce_feature_share=1")
-            members = len(self.generator.members) if isinstance(self.generator, GeneratorEnsemble) else 1
-            self.ce_feature_masks = feature_share_masks(members, self.teacher.feature_dim, loss.ce_feature_share,
-                                                        config.seed).to(self.device)
+            self.ce_feature_masks = feature_share_masks(config.generator.members, self.teacher.feature_dim,
+                                                        loss.ce_feature_share, config.seed).to(self.device)
         self.teacher_hint_taps = self.student_hint_taps = None
         if loss.hint > 0:
             self.teacher_hint_taps = ActivationTap([t for t, _, _ in self.hint_pairs])
@@ -285,10 +284,8 @@ class Distiller:
         ``loss.ce_feature_share`` < 1 from the share that belongs to the generator that made each row."""
         if self.ce_feature_masks is None:
             return t_logits
-        if isinstance(self.generator, GeneratorEnsemble):
-            owner = self.generator.assign(z.shape[0], y).to(self.device)
-        else:
-            owner = torch.zeros(z.shape[0], dtype=torch.long, device=self.device)
+        # One generator owns every row (one mask); an ensemble says which member made each row.
+        owner = self.generator.assign(z.shape[0], y).to(self.device) if len(self.ce_feature_masks) > 1 else 0
         shared = t_features.float() * self.ce_feature_masks[owner] / self.config.loss.ce_feature_share
         return self.teacher.classify(shared)
 
