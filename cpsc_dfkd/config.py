@@ -110,7 +110,7 @@ class LossConfig:
     student_ce: float | None = None
     # Not in the paper: each generator's pseudo CE (G step) reads only its own fixed random share of the
     # teacher's penultimate features, the rest zeroed and the kept ones scaled by 1 / share; 1 = all of them.
-    # Each generator then has to show the class through different evidence (README, tuning log CUE).
+    # Each generator then has to show the class through different evidence (docs/fashion-mnist-tuning-log.md, CUE).
     ce_feature_share: float = 1.0
     # Not in the paper: mode seeking (Mao et al. 2019) against a class collapsing onto one image (G step).
     diversity: float = 0.0
@@ -155,7 +155,7 @@ class DistillConfig:
     augment: bool = False
     # Padding of those crops (shifts of up to this many pixels); null = the data set's (image_size // 8, as in
     # teacher training and the generator's jitter). Real test images are centred: on real training images
-    # this student loses 2 points to 4-pixel crops (README, "the student step's crops").
+    # this student loses 2 points to 4-pixel crops (docs/fashion-mnist-tuning-log.md, "The student step's crops").
     augment_padding: int | None = None
     # Horizontal flips among those augmentations, where the data set allows them (never for digits). Real
     # Fashion-MNIST shoes all face left: false keeps the student's images as the generator turned them.
