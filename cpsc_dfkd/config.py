@@ -108,6 +108,10 @@ class LossConfig:
     # Weight of the pseudo cross-entropy in the student step; null = the same as ce (the paper). 0 leaves the
     # student to learn from the teacher's soft labels alone.
     student_ce: float | None = None
+    # Weight of IKD (the logit MSE) in the student step; null = the same as ikd (the paper). The generator step's
+    # IKD keeps loss.ikd, so the student can match the teacher's logits harder than the generator seeks to
+    # part them (docs/fashion-mnist-tuning-log.md, SIKD).
+    student_ikd: float | None = None
     # Not in the paper: each generator's pseudo CE (G step) reads only its own fixed random share of the
     # teacher's penultimate features, the rest zeroed and the kept ones scaled by 1 / share; 1 = all of them.
     # Each generator then has to show the class through different evidence (docs/fashion-mnist-tuning-log.md, CUE).
@@ -245,6 +249,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
 for _name in ("adv", "kd", "ikd", "bn", "scl", "ce", "one_hot", "activation", "info_entropy", "attention", "tv"):
     _RULES[f"loss.{_name}"] = (lambda v: v >= 0, "a weight >= 0 (0 switches the term off)")
 _RULES["loss.student_ce"] = (lambda v: v is None or v >= 0, "a weight >= 0, or null for the same as loss.ce")
+_RULES["loss.student_ikd"] = (lambda v: v is None or v >= 0, "a weight >= 0, or null for the same as loss.ikd")
 
 
 def _describe(tp: Any) -> str:

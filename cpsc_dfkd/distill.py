@@ -12,10 +12,10 @@ Generator step (the generator and, if present, the student->teacher projection h
 
 Student step (only the student learns)::
 
-    loss_S = kd * D(t, s) + ikd * MSE(s, t) + student_ce * CE(s, y) (+ attention transfer for ZSKT)
+    loss_S = kd * D(t, s) + student_ikd * MSE(s, t) + student_ce * CE(s, y) (+ attention transfer for ZSKT)
              + hint * MSE(student BN outputs, teacher BN outputs at the channels they were copied from)
 
-(``student_ce`` defaults to ``ce``; the hint needs ``student.init=teacher``, see student_init.py.)
+(``student_ikd`` and ``student_ce`` default to ``ikd`` and ``ce``; the hint needs ``student.init=teacher``, see student_init.py.)
 
 D is KL(t || s) (or DFAD's L1 on logits). Fixes over the reference code (each an option):
 Adam's state persists across generator steps, cross-entropy takes logits, the projection head is
@@ -371,8 +371,9 @@ class Distiller:
         terms: dict[str, torch.Tensor] = {}
         if w.kd:
             terms["s_kd"] = w.kd * teacher_student_distance(t_logits, s_logits, w.distance, w.kd_temperature)
-        if w.ikd:
-            terms["s_ikd"] = w.ikd * ikd_loss(s_logits, t_logits)
+        student_ikd = w.ikd if w.student_ikd is None else w.student_ikd
+        if student_ikd:
+            terms["s_ikd"] = student_ikd * ikd_loss(s_logits, t_logits)
         student_ce = w.ce if w.student_ce is None else w.student_ce
         if student_ce:
             terms["s_ce"] = student_ce * pseudo_cross_entropy(s_logits, labels, on_softmax=w.ce_on_softmax)

@@ -51,6 +51,16 @@ def test_every_method_resolves_and_ablations_remove_exactly_their_term():
                                              "cpsc-no-ikd", "cpsc-from-scratch"}
 
 
+def test_baselines_and_no_ikd_drop_the_students_ikd_even_when_the_preset_sets_it(tmp_path):
+    preset = tmp_path / "strong-ikd.yaml"
+    preset.write_text("data:\n  name: digits\nloss:\n  ikd: 0.5\n  student_ikd: 1.5\n")
+    assert resolve(str(preset)).loss.student_ikd == 1.5
+    assert resolve(str(preset), ["distill.method=cpsc-no-scl"]).loss.student_ikd == 1.5
+    for name in ["cpsc-no-ikd", *list_methods("baseline")]:
+        loss = resolve(str(preset), [f"distill.method={name}"]).loss
+        assert loss.ikd == 0 and loss.student_ikd is None, name  # null follows ikd: no IKD in either step
+
+
 @pytest.mark.parametrize("override, message", [
     ("distill.iteratons=5", "unknown config key 'distill.iteratons'; valid keys here are: .*iterations"),
     ("distill.iterations=abc", "'distill.iterations' must be an integer, got 'abc'"),

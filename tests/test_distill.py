@@ -176,6 +176,22 @@ def test_student_step_cross_entropy_has_its_own_weight_which_defaults_to_the_gen
     assert torch.allclose(off["s_total"], same["s_total"] - same["s_ce"])
 
 
+def test_student_step_ikd_has_its_own_weight_which_defaults_to_the_generators(digits_teacher):
+    def student_terms(*overrides):
+        d = make_distiller(digits_teacher, "loss.ikd=0.5", *overrides)
+        d.noise_rng.manual_seed(7)
+        return d.student_step()
+
+    same, own, off = student_terms(), student_terms("loss.student_ikd=1.5"), student_terms("loss.student_ikd=0")
+    assert torch.allclose(own["s_ikd"], same["s_ikd"] * 3)  # same images (same seed), three times the weight
+    assert "s_ikd" not in off
+    assert torch.allclose(off["s_total"], same["s_total"] - same["s_ikd"])
+    g_same, g_own = (make_distiller(digits_teacher, "loss.ikd=0.5", *o) for o in ((), ("loss.student_ikd=1.5",)))
+    for d in (g_same, g_own):
+        d.noise_rng.manual_seed(7)
+    assert torch.allclose(g_same.generator_step()["g_ikd"], g_own.generator_step()["g_ikd"])  # G step keeps ikd
+
+
 def test_projection_head_is_trained_when_feature_sizes_differ(digits_teacher):
     d = make_distiller(digits_teacher)
     assert isinstance(d.projection_head, torch.nn.Linear)  # LeNet-5 84 features vs half 42
