@@ -164,32 +164,27 @@ def test_generator_jitter_shows_the_models_crops_and_keeps_the_images_as_made_in
     assert all(p.grad is not None for p in d.generator.parameters() if p.requires_grad)  # crops are differentiable
 
 
-def test_student_step_cross_entropy_has_its_own_weight_which_defaults_to_the_generators(digits_teacher):
+@pytest.mark.parametrize("term, shared, own", [("s_ce", "loss.ce", "loss.student_ce"),
+                                               ("s_ikd", "loss.ikd", "loss.student_ikd")])
+def test_student_step_term_has_its_own_weight_which_defaults_to_the_generators(digits_teacher, term, shared, own):
     def student_terms(*overrides):
-        d = make_distiller(digits_teacher, "loss.ce=0.5", *overrides)
+        d = make_distiller(digits_teacher, f"{shared}=0.5", *overrides)
         d.noise_rng.manual_seed(7)
         return d.student_step()
 
-    same, own, off = student_terms(), student_terms("loss.student_ce=1.5"), student_terms("loss.student_ce=0")
-    assert torch.allclose(own["s_ce"], same["s_ce"] * 3)  # same images (same seed), three times the weight
-    assert "s_ce" not in off
-    assert torch.allclose(off["s_total"], same["s_total"] - same["s_ce"])
+    same, heavier, off = student_terms(), student_terms(f"{own}=1.5"), student_terms(f"{own}=0")
+    assert torch.allclose(heavier[term], same[term] * 3)  # same images (same seed), three times the weight
+    assert term not in off
+    assert torch.allclose(off["s_total"], same["s_total"] - same[term])
 
 
-def test_student_step_ikd_has_its_own_weight_which_defaults_to_the_generators(digits_teacher):
-    def student_terms(*overrides):
+def test_student_ikd_leaves_the_generator_steps_ikd_alone(digits_teacher):
+    steps = []
+    for overrides in ((), ("loss.student_ikd=1.5",)):
         d = make_distiller(digits_teacher, "loss.ikd=0.5", *overrides)
         d.noise_rng.manual_seed(7)
-        return d.student_step()
-
-    same, own, off = student_terms(), student_terms("loss.student_ikd=1.5"), student_terms("loss.student_ikd=0")
-    assert torch.allclose(own["s_ikd"], same["s_ikd"] * 3)  # same images (same seed), three times the weight
-    assert "s_ikd" not in off
-    assert torch.allclose(off["s_total"], same["s_total"] - same["s_ikd"])
-    g_same, g_own = (make_distiller(digits_teacher, "loss.ikd=0.5", *o) for o in ((), ("loss.student_ikd=1.5",)))
-    for d in (g_same, g_own):
-        d.noise_rng.manual_seed(7)
-    assert torch.allclose(g_same.generator_step()["g_ikd"], g_own.generator_step()["g_ikd"])  # G step keeps ikd
+        steps.append(d.generator_step())
+    assert torch.allclose(steps[0]["g_ikd"], steps[1]["g_ikd"])
 
 
 def test_projection_head_is_trained_when_feature_sizes_differ(digits_teacher):
