@@ -15,7 +15,8 @@ Student step (only the student learns)::
     loss_S = kd * D(t, s) + student_ikd * MSE(s, t) + student_ce * CE(s, y) (+ attention transfer for ZSKT)
              + hint * MSE(student BN outputs, teacher BN outputs at the channels they were copied from)
 
-(``student_ikd`` and ``student_ce`` default to ``ikd`` and ``ce``; the hint needs ``student.init=teacher``, see student_init.py.)
+(``student_ikd`` and ``student_ce`` default to ``ikd`` and ``ce``; the hint needs ``student.init=teacher``,
+see student_init.py.)
 
 D is KL(t || s) (or DFAD's L1 on logits). Fixes over the reference code (each an option):
 Adam's state persists across generator steps, cross-entropy takes logits, the projection head is

@@ -54,7 +54,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            kind="ablation"),
     Recipe("cpsc-no-ce", "CPSC-DFKD without the pseudo cross-entropy", {"loss": {"ce": 0.0}}, kind="ablation"),
     Recipe("cpsc-no-bn", "CPSC-DFKD without the BN-statistics prior", {"loss": {"bn": 0.0}}, kind="ablation"),
-    Recipe("cpsc-no-ikd", "CPSC-DFKD without IKD (logit MSE)", {"loss": {"ikd": 0.0, "student_ikd": None}}, kind="ablation"),
+    Recipe("cpsc-no-ikd", "CPSC-DFKD without IKD (logit MSE)", {"loss": {"ikd": 0.0, "student_ikd": None}},
+           kind="ablation"),
     Recipe("cpsc-from-scratch", "CPSC-DFKD with a randomly initialised student (as in the paper) instead of the "
            "teacher's strongest channels, and so without the channel hint",
            {"student": {"init": "scratch"}, "loss": {"hint": 0.0}}, kind="ablation"),
