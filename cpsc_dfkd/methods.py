@@ -10,7 +10,8 @@ from typing import Any
 
 from .errors import UserError
 
-# A baseline's losses are its own: none of CPSC-DFKD's terms, in either step (null student weights follow the zeros).
+# A baseline's losses are its own: none of CPSC-DFKD's generator-step terms, and no IKD in the student step either
+# (student_ikd null follows ikd = 0). The student step's CE weight stays the preset's (loss.student_ce).
 _NO_CPSC_TERMS = {"adv": 0.0, "ikd": 0.0, "student_ikd": None, "bn": 0.0, "scl": 0.0, "ce": 0.0, "diversity": 0.0}
 
 
