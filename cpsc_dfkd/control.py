@@ -4,7 +4,8 @@ Every run started by ``run_distillation`` (CLI, notebook or dashboard) watches `
 Writing ``{"command": "pause"}`` there parks the loop between iterations, ``"run"`` lets it go on and
 ``"stop"`` ends it cleanly with a checkpoint (``summary.json`` then says ``"stopped"``). A file, rather
 than a signal, works the same for every process that can write to the run directory, and a paused
-run keeps its state in memory, so resuming costs nothing.
+run keeps its state in memory, so resuming costs nothing. Once the loop is parked it writes
+``RUN_DIR/paused``; until then ``status`` says "pausing" (an iteration is still in flight).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .errors import UserError
 from .runs import LOCK_NAME, _pid_alive, atomic_write_text, read_json
 
 CONTROL_NAME = "control.json"
+PAUSED_NAME = "paused"  # written by the training process while it is parked, removed when it goes on
 COMMANDS = ("run", "pause", "stop")
 PROCESS_START = time.time()  # commands older than this process were meant for an earlier one
 
@@ -56,10 +58,12 @@ def training_pid(run_dir: str | Path) -> int | None:
 
 
 def status(run_dir: str | Path) -> str:
-    """One word for a run directory: running, paused, finished, stopped, failed or not started."""
+    """One word for a run directory: running, pausing, paused, finished, stopped, failed or not started."""
     run_dir = Path(run_dir)
     if training_pid(run_dir) is not None:
-        return "paused" if requested(run_dir) == "pause" else "running"
+        if requested(run_dir) != "pause":
+            return "running"
+        return "paused" if (run_dir / PAUSED_NAME).exists() else "pausing"
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         try:
@@ -77,12 +81,14 @@ class RunControl(Callback):
     def __init__(self, run_dir: str | Path, poll_s: float = 0.2, pausable: bool = True,
                  log: Callable[[str], None] = print):
         self.path = Path(run_dir) / CONTROL_NAME
+        self.paused_marker = Path(run_dir) / PAUSED_NAME
         self.poll_s, self.pausable, self.log = poll_s, pausable, log
         self._seen: float | None = None
 
     def on_run_start(self, distiller: Distiller) -> None:
         # A "pause" or "stop" left by an earlier process is cleared; one sent since this process started
         # (while it was still loading the teacher) is obeyed.
+        self.paused_marker.unlink(missing_ok=True)
         if self.path.exists() and _sent_at(self.path.parent) < PROCESS_START:
             send(self.path.parent, "run")
 
@@ -92,9 +98,12 @@ class RunControl(Callback):
             # Under torchrun the other ranks would wait in a collective and time out: stop instead.
             self.log("pause is not available with several processes; use stop, then --resume")
             return
-        while command == "pause":
-            time.sleep(self.poll_s)
-            command = self._command(force=True)
+        if command == "pause":
+            atomic_write_text(self.paused_marker, f"{distiller.iteration}\n")
+            while command == "pause":
+                time.sleep(self.poll_s)
+                command = self._command(force=True)
+            self.paused_marker.unlink(missing_ok=True)
         if command == "stop":
             distiller.request_stop()
 
@@ -110,3 +119,4 @@ class RunControl(Callback):
 
     def on_run_end(self, distiller: Distiller, summary: dict[str, Any]) -> None:
         self.path.unlink(missing_ok=True)
+        self.paused_marker.unlink(missing_ok=True)

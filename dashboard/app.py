@@ -43,7 +43,7 @@ LOSS_HELP = {
           "step too unless loss.student_ce is set under More overrides)",
 }
 LOSS_WEIGHTS = list(LOSS_HELP)
-LIVE = ("running", "paused", "starting")
+LIVE = ("running", "pausing", "paused", "starting")
 
 
 def runs_dir_from_argv() -> Path:
@@ -177,7 +177,7 @@ def controls(view: RunView) -> None:
     if columns[1].button("Resume", disabled=state != "paused", key="continue"):
         send(view.path, "run")
         st.rerun()
-    if columns[2].button("Stop", disabled=state not in ("running", "paused"), key="stop"):
+    if columns[2].button("Stop", disabled=state not in ("running", "pausing", "paused"), key="stop"):
         send(view.path, "stop")
         st.rerun()
     if columns[3].button("Continue from checkpoint", disabled=state not in ("stopped", "interrupted"),

@@ -2,16 +2,18 @@
 background run that is paused, stopped and continued, and a map worker that projects off the caller's thread."""
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import numpy as np
 import pytest
 
-from cpsc_dfkd.control import RunControl, requested, send, status
+from cpsc_dfkd.control import PAUSED_NAME, RunControl, requested, send, status
 from cpsc_dfkd.errors import UserError
 from cpsc_dfkd.launcher import Launcher
 from cpsc_dfkd.run_view import MapWorker, RunView, list_runs
-from cpsc_dfkd.runs import read_json, read_metrics
+from cpsc_dfkd.runs import LOCK_NAME, read_json, read_metrics
 
 from conftest import TINY
 
@@ -53,6 +55,24 @@ def test_stop_request_reaches_the_distiller(tmp_path):
     assert distiller.stopped
 
 
+def test_status_says_paused_only_once_the_loop_is_parked(tmp_path):
+    class FakeDistiller:
+        iteration = 7
+
+    (tmp_path / LOCK_NAME).write_text(str(os.getpid()))  # this process plays the training one
+    control = RunControl(tmp_path, poll_s=0.01)
+    send(tmp_path, "pause")
+    assert status(tmp_path) == "pausing"  # asked, but the iteration in flight has not ended yet
+    loop = threading.Thread(target=control.on_iteration_end, args=(FakeDistiller(),))
+    loop.start()
+    wait_until(lambda: status(tmp_path) == "paused", timeout=10, what="the parked loop's marker")
+    assert (tmp_path / PAUSED_NAME).read_text().strip() == "7"
+    send(tmp_path, "run")
+    loop.join(timeout=10)
+    assert not loop.is_alive() and not (tmp_path / PAUSED_NAME).exists()
+    assert status(tmp_path) == "running"
+
+
 @pytest.mark.slow
 def test_launched_run_pauses_stops_and_continues_to_the_end(digits_teacher, tmp_path):
     launcher = Launcher(tmp_path)
@@ -64,8 +84,7 @@ def test_launched_run_pauses_stops_and_continues_to_the_end(digits_teacher, tmp_
     wait_until(lambda: last_iteration(run_dir) >= 3, what="the first iterations")
 
     send(run_dir, "pause")
-    wait_until(lambda: status(run_dir) == "paused", what="paused status")
-    time.sleep(1.0)  # let an iteration in flight finish
+    wait_until(lambda: status(run_dir) == "paused", what="paused status")  # parked: nothing in flight
     paused_at = last_iteration(run_dir)
     time.sleep(2.0)
     assert last_iteration(run_dir) == paused_at, "a paused run kept training"
