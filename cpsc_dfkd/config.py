@@ -141,6 +141,7 @@ class DistillConfig:
     s_steps: int = 5
     student_lr: float = 0.1
     student_momentum: float = 0.9
+    student_nesterov: bool = False  # Nesterov momentum for the student's SGD (tuning log NES)
     student_weight_decay: float = 5e-4
     warmup_iterations: int = 0  # linear warm-up of the student's learning rate
     # The first N iterations train the generator only (no student steps): the student then starts on
@@ -335,6 +336,9 @@ def validate(config: Config) -> Config:
     if swa is not None and swa >= config.teacher.epochs:
         raise UserError(f"teacher.swa_epochs ({swa}) must be smaller than teacher.epochs ({config.teacher.epochs}): "
                         "the weights are averaged over the last swa_epochs epochs of the run")
+    if config.distill.student_nesterov and config.distill.student_momentum == 0:
+        raise UserError("distill.student_nesterov=true needs momentum: set distill.student_momentum > 0 "
+                        "(e.g. 0.9) or distill.student_nesterov=false")
     if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
         raise UserError(f"config field 'device' must be auto, cpu, cuda or cuda:N, got {config.device!r}")
     return config

@@ -145,7 +145,7 @@ class Distiller:
 
         self.student_optimizer = torch.optim.SGD(
             self.student.parameters(), lr=config.distill.student_lr, momentum=config.distill.student_momentum,
-            weight_decay=config.distill.student_weight_decay)
+            weight_decay=config.distill.student_weight_decay, nesterov=config.distill.student_nesterov)
         self.generator_optimizer = self._new_generator_optimizer()
         self.student_scaler = self.precision.make_scaler()
         self.generator_scaler = self.precision.make_scaler()

@@ -84,6 +84,11 @@ def test_bad_values_name_the_field_and_what_is_allowed(override, message):
         resolve("digits-demo", [override])
 
 
+def test_nesterov_without_momentum_says_how_to_fix_it():
+    with pytest.raises(UserError, match="student_nesterov=true needs momentum: set distill.student_momentum > 0"):
+        resolve("digits-demo", ["distill.student_nesterov=true", "distill.student_momentum=0"])
+
+
 def test_unknown_preset_lists_the_valid_ones():
     with pytest.raises(UserError, match="unknown preset 'cifar11'; valid presets are: .*digits-demo"):
         resolve("cifar11")

@@ -27,6 +27,16 @@ def student_bn_buffers(distiller):
     return {k: v.clone() for k, v in distiller.student.state_dict().items() if "running" in k}
 
 
+def test_student_nesterov_option_reaches_the_optimizer_and_trains(digits_teacher):
+    plain = make_distiller(digits_teacher)
+    nesterov = make_distiller(digits_teacher, "distill.student_nesterov=true", "distill.generator_warmup=0")
+    assert [g["nesterov"] for g in plain.student_optimizer.param_groups] == [False]
+    assert [g["nesterov"] for g in nesterov.student_optimizer.param_groups] == [True]
+    before = [p.clone() for p in nesterov.student.parameters()]
+    nesterov.train_iteration()
+    assert any(not torch.equal(a, b) for a, b in zip(before, nesterov.student.parameters()))
+
+
 def test_generator_step_leaves_the_student_untouched(digits_teacher):
     d = make_distiller(digits_teacher)
     before = {k: v.clone() for k, v in d.student.state_dict().items()}
