@@ -24,14 +24,17 @@ def distill_command(teacher, out):
             "--out", str(out), "--quiet", *sets]
 
 
+def train_records(run) -> list[dict]:
+    """The run's training records as logged (reading them also proves metrics.jsonl is readable)."""
+    return [r for r in read_metrics(run / "metrics.jsonl") if r["event"] == "train"]
+
+
 def last_logged_iteration(run) -> int:
-    records = read_metrics(run / "metrics.jsonl")
-    return max((r["iteration"] for r in records if r["event"] == "train"), default=0)
+    return max((r["iteration"] for r in train_records(run)), default=0)
 
 
-def train_losses(run) -> dict[int, dict[str, float]]:
+def train_losses(records: list[dict]) -> dict[int, dict[str, float]]:
     """The logged training losses by iteration (timing fields left out: they are the only ones that may differ)."""
-    records = [r for r in read_metrics(run / "metrics.jsonl") if r["event"] == "train"]
     return {r["iteration"]: {k: v for k, v in r.items() if not k.endswith("_per_s")} for r in records}
 
 
@@ -69,16 +72,15 @@ def test_sigkill_at_random_moments_then_resume_reproduces_the_uninterrupted_weig
             kills += 1
             last = run / "checkpoints" / "last.pt"
             saved = load_checkpoint(last)["iteration"] if last.exists() else None  # the last checkpoint reads
-            history.append((last_logged_iteration(run), saved))
-            read_metrics(run / "metrics.jsonl")
+            history.append((last_logged_iteration(run), saved))  # metrics.jsonl reads too
             continue
         _, err = process.communicate()
         assert process.returncode == 0, err.decode()[-2000:]
 
     assert kills >= 3
-    iterations = [r["iteration"] for r in read_metrics(run / "metrics.jsonl") if r["event"] == "train"]
-    assert iterations == list(range(2, 41, 2))  # each logged once: what a crash left unsaved was dropped
-    reference_curve, curve = train_losses(reference), train_losses(run)
+    records = train_records(run)
+    assert [r["iteration"] for r in records] == list(range(2, 41, 2))  # each once: unsaved lines were dropped
+    reference_curve, curve = train_losses(train_records(reference)), train_losses(records)
     first = next((i for i in reference_curve if reference_curve[i] != curve[i]), None)
     assert first is None, (f"the losses logged at iteration {first} differ from the uninterrupted run's, after kills at "
                            f"(logged, checkpoint) {history}: {reference_curve[first]} vs {curve[first]}")
