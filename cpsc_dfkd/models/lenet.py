@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from . import register_model
+from .cpu_layers import InputConv2d, MaxPool2x2
 
 
 class LeNet5(nn.Module):
@@ -19,12 +20,13 @@ class LeNet5(nn.Module):
         c1, c2, c3, f1 = (max(1, int(round(c * width))) for c in (6, 16, 120, 84))
         layers: list[nn.Module] = []
         for i, (cin, cout) in enumerate(((in_channels, c1), (c1, c2), (c2, c3))):
-            layers.append(nn.Conv2d(cin, cout, kernel_size=5))
+            conv = InputConv2d if i == 0 else nn.Conv2d  # same layers, faster on CPU (see cpu_layers)
+            layers.append(conv(cin, cout, kernel_size=5))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(cout))
             layers.append(nn.ReLU(inplace=True))
             if i < 2:
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                layers.append(MaxPool2x2())
         self.features = nn.Sequential(*layers)
         self.fc = nn.Sequential(nn.Linear(c3, f1), nn.ReLU(inplace=True), nn.Linear(f1, num_classes))
         self.feature_dim = f1
