@@ -316,18 +316,19 @@ def draw_crop_flip(n: int, padding: int, flip: bool, generator: torch.Generator 
 
 def apply_crop_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor, flips: torch.Tensor,
                     *, fill: tuple[float, ...]) -> torch.Tensor:
-    """Crop each padded image at its offsets and flip those marked, in one indexing op. The padding is
-    ``fill`` per channel: ``DatasetInfo.black`` for normalised images (their 0 is the data's mean grey)."""
+    """Crop each padded image at its offsets and flip those marked: one gather picks each image's rows, a
+    second its columns (half the time of one four-index lookup on CPU). The padding is ``fill`` per channel:
+    ``DatasetInfo.black`` for normalised images (their 0 is the data's mean grey)."""
     n, channels, h, w = images.shape
     device = images.device
     value = torch.tensor(fill, dtype=images.dtype, device=device).view(1, channels, 1, 1)
     padded = value.expand(n, channels, h + 2 * padding, w + 2 * padding).clone()
     padded[:, :, padding:padding + h, padding:padding + w] = images
-    rows = (dy.to(device)[:, None] + torch.arange(h, device=device))[:, None, :, None]
-    cols = (dx.to(device)[:, None] + torch.arange(w, device=device))
-    cols = torch.where(flips.to(device)[:, None], cols.flip(1), cols)[:, None, None, :]
-    batch = torch.arange(n, device=device)[:, None, None, None]
-    return padded[batch, torch.arange(channels, device=device)[None, :, None, None], rows, cols]
+    rows = dy.to(device)[:, None] + torch.arange(h, device=device)
+    cols = dx.to(device)[:, None] + torch.arange(w, device=device)
+    cols = torch.where(flips.to(device)[:, None], cols.flip(1), cols)
+    cropped_rows = padded.gather(2, rows[:, None, :, None].expand(n, channels, h, w + 2 * padding))
+    return cropped_rows.gather(3, cols[:, None, None, :].expand(n, channels, h, w))
 
 
 def draw_affine(n: int, share: float, scale: float, degrees: float, generator: torch.Generator | None = None
