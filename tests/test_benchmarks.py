@@ -139,3 +139,12 @@ def test_real_data_ceiling_script_prints_a_table_and_writes_json(digits_teacher,
     saved = json.loads(out.read_text())
     warmup = tiny_config().distill.generator_warmup
     assert saved["runs"][0]["student_steps"] == (4 - warmup) * 5 and 0 <= saved["mean_student_acc"] <= 100
+
+
+def test_cpu_layers_benchmark_prints_a_row_per_replaced_layer():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_layers.py"), "--batch", "8",
+                             "--repeats", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| layer | nn (ms) | shortcut (ms) | nn / shortcut |" in result.stdout
+    assert "| teacher conv1 (1 -> 6), forward + backward to the image |" in result.stdout
+    assert result.stdout.count("| max pool 2x2 of") == 4

@@ -2,7 +2,8 @@
 
 PyTorch hands CPU convolutions and pooling to oneDNN, which on AVX-512 works in blocks of 16 channels.
 LeNets on grey images have narrow layers, and two of their operations suffer from it (Intel Xeon, 2 threads,
-batch 256 of 32x32 images; ``docs/fashion-mnist-tuning-log.md``, row FAST):
+batch 256 of 32x32 images, measured by ``benchmarks/cpu_layers.py``; what it does to a whole run is row FAST
+of ``docs/fashion-mnist-tuning-log.md``):
 
 - The gradient of the first convolution with respect to its one-channel input, which the generator step
   needs for the teacher and for the student, is computed on 16 channels of which 15 are thrown away:
