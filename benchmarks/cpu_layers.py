@@ -6,26 +6,24 @@
 Times each layer of LeNet-5-BN (teacher) and LeNet-5-half-BN (student) that the kit replaces, in the
 situation where the loop uses it: the first convolution forward and backward to the image (the generator
 step), and 2x2 max pooling without a gradient (the teacher's forward in every student step; with a gradient
-the shortcut is ``nn.MaxPool2d`` itself). Prints a markdown table: ms per call for each layer, PyTorch's and the shortcut's, and their ratio.
+the shortcut is ``nn.MaxPool2d`` itself). Prints a markdown table: ms per call for each layer, PyTorch's and
+the shortcut's, and their ratio.
 """
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from throughput import timed  # benchmarks/throughput.py: seconds per call after two warm-up calls
 from torch import nn
 
 from cpsc_dfkd.models.cpu_layers import InputConv2d, MaxPool2x2
 
+CPU = torch.device("cpu")
+
 
 def ms_per_call(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats * 1000
+    return timed(fn, repeats, CPU) * 1000
 
 
 def conv_backward_to_image(conv: nn.Module, images: torch.Tensor, upstream: torch.Tensor):
