@@ -145,6 +145,7 @@ def test_cpu_layers_benchmark_prints_a_row_per_replaced_layer():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_layers.py"), "--batch", "8",
                              "--repeats", "2"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| layer | nn (ms) | shortcut (ms) | nn / shortcut |" in result.stdout
+    assert "| layer | nn (ms) | kit (ms) | nn / kit |" in result.stdout
     assert "| teacher conv1 (1 -> 6), forward + backward to the image |" in result.stdout
     assert result.stdout.count("| max pool 2x2 of") == 4
+    assert result.stdout.count("| generator up-sampling") == 2

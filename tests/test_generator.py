@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from cpsc_dfkd.errors import UserError
 from cpsc_dfkd.models.generator import (
@@ -10,6 +12,7 @@ from cpsc_dfkd.models.generator import (
     ConditionalGenerator,
     GeneratorEnsemble,
     UnconditionalGenerator,
+    UpsampleConv2d,
     create_generator,
 )
 
@@ -118,3 +121,30 @@ def test_range_output_keeps_every_pixel_between_black_and_white_of_each_channel(
 def test_the_default_output_is_the_papers_tanh_then_batch_norm():
     g = ConditionalGenerator(nz=8, ngf=4, image_size=16, channels=1, num_classes=2)
     assert isinstance(g.norm_out, ConditionalBatchNorm2d) and not hasattr(g, "low")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape, widths", [((3, 4, 5, 7), (4, 6)), ((2, 16, 8, 8), (16, 8))])
+def test_upsample_conv_computes_nearest_upsampling_then_the_3x3_convolution(shape, widths, channels_last):
+    torch.manual_seed(0)
+    ours = UpsampleConv2d(*widths)
+    theirs = nn.Conv2d(*widths, 3, padding=1)
+    theirs.load_state_dict(ours.state_dict())  # same parameters, same state-dict layout
+    x = torch.randn(*shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    mine, reference = ours(x), theirs(F.interpolate(x, scale_factor=2, mode="nearest"))
+    assert mine.shape == reference.shape == (shape[0], widths[1], 2 * shape[2], 2 * shape[3])
+    torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn_like(reference)
+    got = torch.autograd.grad(mine, (x, ours.weight, ours.bias), upstream)
+    want = torch.autograd.grad(reference, (x, theirs.weight, theirs.bias), upstream)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_generator_upsamples_with_upsample_convs():
+    g = ConditionalGenerator(nz=8, ngf=4, image_size=32, channels=1)
+    assert [type(c) for c in g.convs] == [UpsampleConv2d, UpsampleConv2d]
+    assert set(g.state_dict()) >= {"convs.0.weight", "convs.0.bias", "convs.1.weight", "convs.1.bias"}
