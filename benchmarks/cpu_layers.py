@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from throughput import timed  # benchmarks/throughput.py: seconds per call after two warm-up calls
 import torch.nn.functional as F
+from throughput import timed  # benchmarks/throughput.py: seconds per call after two warm-up calls
 from torch import nn
 
 from cpsc_dfkd.models.cpu_layers import InputConv2d, MaxPool2x2
