@@ -31,13 +31,6 @@ def ms_per_call(fn, repeats: int) -> float:
     return timed(fn, repeats, CPU) * 1000
 
 
-def conv_backward_to_image(conv: nn.Module, images: torch.Tensor, upstream: torch.Tensor):
-    def call():
-        images.grad = None
-        conv(images).backward(upstream)
-    return call
-
-
 def pool_without_gradient(layer: nn.Module, maps: torch.Tensor):
     def call():
         with torch.no_grad():
@@ -45,7 +38,8 @@ def pool_without_gradient(layer: nn.Module, maps: torch.Tensor):
     return call
 
 
-def backward_to_all(forward, layer: nn.Module, maps: torch.Tensor, upstream: torch.Tensor):
+def forward_backward(forward, layer: nn.Module, maps: torch.Tensor, upstream: torch.Tensor):
+    """A call of ``forward`` on ``maps`` and its backward pass, with the gradients of both cleared first."""
     def call():
         maps.grad = None
         layer.zero_grad(set_to_none=True)
@@ -63,8 +57,8 @@ def rows(batch: int, repeats: int) -> list[tuple[str, float, float]]:
         images = torch.randn(batch, 1, 32, 32, requires_grad=True)
         upstream = torch.randn(batch, width, 28, 28)
         table.append((f"{net} conv1 (1 -> {width}), forward + backward to the image",
-                      ms_per_call(conv_backward_to_image(theirs, images, upstream), repeats),
-                      ms_per_call(conv_backward_to_image(ours, images, upstream), repeats)))
+                      ms_per_call(forward_backward(theirs, theirs, images, upstream), repeats),
+                      ms_per_call(forward_backward(ours, ours, images, upstream), repeats)))
     for shape in ((6, 28, 28), (16, 10, 10), (3, 28, 28), (8, 10, 10)):
         maps = torch.relu(torch.randn(batch, *shape))
         table.append((f"max pool 2x2 of {'x'.join(map(str, shape))}, no gradient",
@@ -79,9 +73,9 @@ def rows(batch: int, repeats: int) -> list[tuple[str, float, float]]:
         upstream = torch.randn(batch, c_out, 2 * size, 2 * size)
         table.append((f"generator up-sampling {size}x{size} -> {2 * size}x{2 * size} + conv3x3 ({c_in} -> {c_out}), "
                       "forward + backward",
-                      ms_per_call(backward_to_all(lambda x: theirs(F.interpolate(x, scale_factor=2)), theirs, maps,
-                                                  upstream), repeats),
-                      ms_per_call(backward_to_all(ours, ours, maps, upstream), repeats)))
+                      ms_per_call(forward_backward(lambda x: theirs(F.interpolate(x, scale_factor=2)), theirs, maps,
+                                                   upstream), repeats),
+                      ms_per_call(forward_backward(ours, ours, maps, upstream), repeats)))
     return table
 
 
